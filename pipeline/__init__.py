@@ -1,0 +1,1 @@
+"""Offline distillation of reasoning teachers: generate -> clean -> train, meeting only through files."""

@@ -1,0 +1,85 @@
+"""The `distill` command. Each subcommand loads one config and calls one stage's run(cfg).
+
+    distill run configs/quickstart.yaml --set train.learning_rate=1e-5
+"""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from pipeline import config as config_mod
+from pipeline.errors import PipelineError
+
+
+def _one_line_errors(fn):
+    """Bad input is a one-line message and exit code 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PipelineError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _config_args(fn):
+    """CONFIG_FILE plus repeatable --set KEY=VALUE overrides."""
+    fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value")(fn)
+    return click.argument("config_file", type=click.Path())(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Offline distillation: prepare -> generate -> clean -> train -> eval -> report."""
+
+
+@main.command("models")
+@_config_args
+@_one_line_errors
+def models_cmd(config_file, overrides):
+    """Convert the embedded teacher and build the pruned student (cached)."""
+    from pipeline import models
+
+    models.run(config_mod.load(config_file, overrides))
+
+
+@main.command("prepare")
+@_config_args
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default=None,
+              help="fail on a bad row (default) or skip it into prepare/rejects.parquet")
+@_one_line_errors
+def prepare_cmd(config_file, overrides, on_error):
+    """Ingest, clean and deduplicate prompts into the prompts table."""
+    from pipeline import prepare
+
+    if on_error:
+        overrides = (*overrides, f"prepare.on_error={on_error}")
+    prepare.run(config_mod.load(config_file, overrides))
+
+
+@main.command("run")
+@_config_args
+@click.option("--force", is_flag=True, help="rerun every stage even if its outputs are up to date")
+@_one_line_errors
+def run_cmd(config_file, overrides, force):
+    """Run every stage in order, skipping those whose outputs are up to date."""
+    from pipeline import run
+
+    run.run(config_mod.load(config_file, overrides), force=force)
+
+
+def _not_yet(name: str):
+    @main.command(name, help=f"(not implemented yet) the {name} stage.", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args):
+        click.secho(f"error: `distill {name}` is not implemented yet", fg="red", err=True)
+        sys.exit(2)
+
+
+for _name in ("generate", "clean", "sql", "train", "eval", "report", "bench"):
+    _not_yet(_name)

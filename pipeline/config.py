@@ -1,0 +1,223 @@
+"""Run configuration: one YAML file, one section per stage, loaded into validated dataclasses.
+
+    distill run configs/quickstart.yaml --set train.learning_rate=1e-5
+
+Unknown keys, wrong types and out-of-range values fail at load time with the file and the
+dotted key named. Every field has a default and a one-line reason beside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+
+class ConfigError(PipelineError):
+    pass
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    """Range checks in __post_init__ raise with the field name; the loader adds the path and file."""
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections. A section holds only what its stage reads.
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"  # artifacts/<name>/ holds every output of this run
+    artifacts_dir: str = "artifacts"  # root of all runs and the shared model cache
+    seed: int = 0  # one seed for every stage that samples
+
+    def __post_init__(self):
+        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+
+
+@dataclass
+class ModelsConfig:
+    teacher: str = "smollm2-135m-instruct"  # embedded name, local HF directory, or hub id (online only)
+    student: str = "pruned"  # "pruned" = depth-pruned copy of the teacher, or a directory / hub id
+    student_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 28, 29])  # teacher layers kept
+    dtype: str = "bfloat16"  # storage dtype of converted weights
+
+    def __post_init__(self):
+        _check(bool(self.teacher), "teacher", "must not be empty")
+        _check(len(self.student_layers) > 0, "student_layers", "must keep at least one layer")
+        _check(all(i >= 0 for i in self.student_layers), "student_layers", "layer indices must be >= 0")
+        _check(len(set(self.student_layers)) == len(self.student_layers), "student_layers", "has repeats")
+        _check(self.dtype in ("bfloat16", "float16", "float32"), "dtype", "one of bfloat16, float16, float32")
+
+
+@dataclass
+class ArithmeticConfig:
+    n_train: int = 256  # generated training problems
+    n_eval: int = 64  # generated held-out problems
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # difficulty = number of operations
+    seed: int = 0  # the same seed gives the same problems
+
+    def __post_init__(self):
+        _check(self.n_train >= 0 and self.n_eval >= 0, "n_train", "counts must be >= 0")
+        _check(bool(self.levels) and all(1 <= lv <= 5 for lv in self.levels), "levels", "each in 1..5")
+
+
+@dataclass
+class InputConfig:
+    path: str = ""  # JSONL, Parquet or CSV file, a saved HF dataset directory, or a hub id (online)
+    format: str = "auto"  # auto (by suffix), jsonl, parquet, csv or hf
+    split: str = "train"  # split of every row, unless split_column says otherwise
+    split_column: str = ""  # column holding each row's split (train / eval)
+    hf_split: str = "train"  # which split of a Hugging Face dataset to read
+    prompt: str = "prompt"  # column with the prompt text (ignored when messages is set)
+    messages: str = ""  # column with chat messages [{role, content}, ...] instead of prompt text
+    system: str = ""  # column with a per-row system prompt
+    system_prompt: str = ""  # one system prompt for every row of this input
+    tools: str = ""  # column with tool (function) schemas, a JSON string or a list
+    reference: str = ""  # column with the reference answer
+    id: str = ""  # column with the user's own row id (must be unique)
+    source: str = ""  # column naming each row's source; default: the input's file name
+    difficulty: str = ""  # column with an integer difficulty level
+    task: str = "math"  # how answers are scored: math, exact, choice or tool
+
+    def __post_init__(self):
+        _check(bool(self.path), "path", "is required")
+        _check(self.format in ("auto", "jsonl", "parquet", "csv", "hf"), "format", "auto|jsonl|parquet|csv|hf")
+        _check(self.split in ("train", "eval"), "split", "train or eval")
+        _check(self.task in TASKS, "task", "|".join(TASKS))
+
+
+TASKS = ("math", "exact", "choice", "tool")
+
+
+@dataclass
+class PrepareConfig:
+    arithmetic: ArithmeticConfig | None = None  # built-in word problems (offline quickstart data)
+    inputs: list[InputConfig] = field(default_factory=list)  # the user's prompt files
+    unicode_form: str = "NFC"  # NFC keeps math symbols intact; NFKC also folds look-alikes
+    on_error: str = "fail"  # fail on the first bad row, or skip it into the rejects table
+
+    def __post_init__(self):
+        _check(self.arithmetic is not None or bool(self.inputs), "inputs", "give inputs or arithmetic")
+        _check(self.unicode_form in ("NFC", "NFKC", "NFD", "NFKD"), "unicode_form", "NFC|NFKC|NFD|NFKD")
+        _check(self.on_error in ("fail", "skip"), "on_error", "fail or skip")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(arithmetic=ArithmeticConfig()))
+    source: str = ""  # the YAML file this was loaded from (set by load, not by users)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.artifacts_dir) / self.run.name
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.run.artifacts_dir) / "models"
+
+    def section(self, name: str) -> dict:
+        return dataclasses.asdict(getattr(self, name))
+
+
+def section_hash(*parts) -> str:
+    """Stable hash of JSON-able parts: the cache key of a stage's output."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML -> dict -> overrides -> dataclasses, with every error naming file and key.
+
+
+def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides:
+        _apply_override(raw, item, path)
+    try:
+        cfg = _build(Config, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    cfg.source = str(path)
+    return cfg
+
+
+def _apply_override(raw: dict, item: str, path: Path) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.learning_rate=1e-5")
+    node = raw
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path}: --set {key}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def _build(cls, data, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def _coerce(tp, value, key: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,53 @@
+"""Safe file output: everything is written to a temporary name and renamed on success, so a
+killed or failed stage never leaves a half-written file where a reader would find it."""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import PipelineError
+from pipeline.schema import Table
+
+TMP_SUFFIX = ".tmp"  # readers skip these: they are outputs still being written
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_table(spec: Table, table: pa.Table, path: str | Path, **parquet_options) -> None:
+    spec.validate(table.schema, f"writing {path}")
+    with atomic_path(path) as tmp:
+        pq.write_table(table.select(spec.names), tmp, compression="zstd", **parquet_options)
+
+
+def read_table(spec: Table, path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing (has the stage that writes it run?)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise PipelineError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    spec.validate(table.schema, str(path))
+    return table

