@@ -117,7 +117,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(arithmetic=ArithmeticConfig()))
-    source: str = ""  # the YAML file this was loaded from (set by load, not by users)
+    file: str = ""  # the YAML file this was loaded from (set by load, not by users)
 
     @property
     def run_dir(self) -> Path:
@@ -159,7 +159,7 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
         cfg = _build(Config, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    cfg.source = str(path)
+    cfg.file = str(path)
     return cfg
 
 
@@ -181,7 +181,7 @@ def _build(cls, data, prefix: str):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "file"}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(fields)})")

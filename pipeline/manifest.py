@@ -53,7 +53,7 @@ def write(cfg: Config, stage: str, started: float, counts: dict, **extra) -> dic
     manifest = {
         "stage": stage,
         "key": cache_key(cfg, stage),
-        "config_file": cfg.source,
+        "config_file": cfg.file,
         "config": {s: cfg.section(s) for s in sections},
         "seed": cfg.run.seed,
         "inputs": {s: (read(cfg, s) or {}).get("key") for s in inputs},

@@ -61,7 +61,7 @@ def run(cfg: Config) -> dict:
                 if isinstance(row, RowError):
                     raise row
                 prompt = _to_prompt(row, spec, cfg.prepare.unicode_form)
-                if prompt["source_id"] is not None:
+                if prompt is not None and prompt["source_id"] is not None:
                     if prompt["source_id"] in ids_seen:
                         raise RowError(f"duplicate id {prompt['source_id']!r} (first at line {ids_seen[prompt['source_id']]})")
                     ids_seen[prompt["source_id"]] = line
@@ -83,7 +83,7 @@ def run(cfg: Config) -> dict:
     for r in rows:
         counts[f"split_{r['split']}"] += 1
     if not rows:
-        raise PipelineError(f"{cfg.source}: no prompts left after cleaning ({dict(counts)})")
+        raise PipelineError(f"{cfg.file}: no prompts left after cleaning ({dict(counts)})")
     write_table(PROMPTS, PROMPTS.from_pylist(rows), out_dir / "prompts.parquet")
     write_table(PREPARE_REJECTS, PREPARE_REJECTS.from_pylist(rejects), out_dir / "rejects.parquet")
     counts = {k: counts[k] for k in ("read", "rejected", "dropped_empty", "dropped_duplicate", "kept",
@@ -114,16 +114,19 @@ def _read(spec: InputConfig) -> Iterator[tuple[int, dict | RowError]]:
     first = True
     for line, row in rows:
         if first and isinstance(row, dict):
-            _require_columns(spec, row.keys())
+            _require_columns(spec, row.keys(), every_mapped=fmt != "jsonl")
             first = False
         yield line, row
     if first:
         raise PipelineError(f"{path}: no rows")
 
 
-def _require_columns(spec: InputConfig, columns) -> None:
-    needed = [spec.messages or spec.prompt, spec.system, spec.tools, spec.reference, spec.id, spec.source,
-              spec.difficulty, spec.split_column]
+def _require_columns(spec: InputConfig, columns, every_mapped: bool) -> None:
+    """The prompt column must exist; in tabular formats every mapped column must (JSONL rows may
+    omit optional keys, which then read as null)."""
+    needed = [spec.messages or spec.prompt]
+    if every_mapped:
+        needed += [spec.system, spec.tools, spec.reference, spec.id, spec.source, spec.difficulty, spec.split_column]
     for name in needed:
         if name and name not in columns:
             raise PipelineError(f"{spec.path}: missing column '{name}' (columns: {', '.join(map(str, columns))})")

@@ -1,0 +1,74 @@
+"""Tiny models and tokenizers built here, nothing downloaded.
+
+`tiny_tokenizer_dir`: a byte-level BPE trained on arithmetic problems, with ChatML special tokens
+and a single `</think>` token, saved as a Hugging Face tokenizer. `tiny_teacher_dir`: a 2-layer
+Llama on that tokenizer (head dim 64, which vLLM's CPU attention requires), random weights,
+float32 so that numbers compare exactly.
+"""
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pipeline import arithmetic
+
+    corpus = [r["question"] + " " + r["answer"] for r in arithmetic.problems(200, [1, 2, 3], seed=7)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    out = tmp_path_factory.mktemp("tiny_tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+def make_tiny_llama(tokenizer_dir: Path, out: Path, layers: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=1, num_key_value_heads=1, head_dim=64, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    return make_tiny_llama(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_teacher"), layers=4)
+
+
+def write_config(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body))
+    return path
