@@ -73,6 +73,35 @@ def run_cmd(config_file, overrides, force):
     run.run(config_mod.load(config_file, overrides), force=force)
 
 
+def _parse_shard(ctx, param, value):
+    if value is None:
+        return (0, 1)
+    i, sep, n = value.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        raise click.BadParameter("expected i/N with 0 <= i < N, e.g. 3/8")
+    return int(i), int(n)
+
+
+@main.command("generate")
+@_config_args
+@click.option("--shard", callback=_parse_shard, metavar="i/N", help="generate only shard i of N (independent jobs)")
+@click.option("--data-parallel", type=click.IntRange(min=1), default=None, metavar="N",
+              help="launch N engine processes on this node, one shard each")
+@click.option("--dry-run", is_flag=True, help="validate, print engine args, shard plan and estimates; load nothing")
+@_one_line_errors
+def generate_cmd(config_file, overrides, shard, data_parallel, dry_run):
+    """Teacher traces + top-k logprobs for every generated token, resumable."""
+    from pipeline import generate
+
+    cfg = config_mod.load(config_file, overrides)
+    if dry_run:
+        generate.dry_run(cfg, shard, data_parallel)
+    elif data_parallel and data_parallel > 1:
+        generate.run_data_parallel(cfg, data_parallel, config_file, overrides)
+    else:
+        generate.run(cfg, shard)
+
+
 def _not_yet(name: str):
     @main.command(name, help=f"(not implemented yet) the {name} stage.", context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -81,5 +110,9 @@ def _not_yet(name: str):
         sys.exit(2)
 
 
-for _name in ("generate", "clean", "sql", "train", "eval", "report", "bench"):
+for _name in ("clean", "sql", "train", "eval", "report", "bench"):
     _not_yet(_name)
+
+
+if __name__ == "__main__":  # `python -m pipeline.cli`: data-parallel workers and vLLM's spawned processes
+    main()

@@ -113,10 +113,91 @@ class PrepareConfig:
 
 
 @dataclass
+class EngineConfig:
+    """Passed to vllm.LLM as is; `extra` carries any other engine argument."""
+
+    tensor_parallel_size: int = 1  # GPUs per model replica (8 for DeepSeek-R1 on one H200 node)
+    pipeline_parallel_size: int = 1  # pipeline stages, for models larger than one node
+    enable_expert_parallel: bool = False  # shard MoE experts across GPUs instead of slicing them
+    max_model_len: int = 4096  # prompt + completion tokens per sequence
+    gpu_memory_utilization: float = 0.9  # share of GPU memory vLLM may take
+    quantization: str | None = None  # e.g. fp8; None uses what the checkpoint declares
+    kv_cache_dtype: str = "auto"  # fp8 halves KV memory on Hopper
+    distributed_executor_backend: str | None = None  # "ray" for multi-node tensor/pipeline parallel
+    dtype: str = "auto"  # auto = the checkpoint's; float32 is faster on CPUs without AVX-512 BF16
+    enforce_eager: bool = False  # True skips graph capture/compilation (needed on CPU)
+    max_num_seqs: int | None = None  # sequences batched per step; None = vLLM's default
+    extra: dict = field(default_factory=dict)  # any other vllm.LLM argument, passed through
+
+    def __post_init__(self):
+        _check(self.tensor_parallel_size >= 1 and self.pipeline_parallel_size >= 1, "tensor_parallel_size", ">= 1")
+        _check(self.max_model_len >= 16, "max_model_len", ">= 16")
+        _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "in (0, 1]")
+
+
+@dataclass
+class OpenAIConfig:
+    base_url: str = "http://127.0.0.1:8000/v1"  # any OpenAI-compatible endpoint (vllm serve, hosted API)
+    model: str = ""  # served model name; empty = the first one /v1/models lists
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (unset: no key)
+    concurrency: int = 16  # requests in flight at once
+    timeout_s: float = 600.0  # per request; long reasoning traces take minutes
+    max_retries: int = 6  # on 429, 5xx and timeouts, with exponential backoff
+
+    def __post_init__(self):
+        _check(self.concurrency >= 1, "concurrency", ">= 1")
+        _check(self.max_retries >= 0, "max_retries", ">= 0")
+
+
+# Published sampling settings per teacher; a field left unset in the YAML takes its preset's value.
+PRESETS = {
+    "default": dict(temperature=0.6, top_p=0.95, max_new_tokens=1024, think_end="</think>", system_prompt=True),
+    # DeepSeek-R1 model card: temperature 0.6, top-p 0.95, up to 32768 tokens, no system prompt.
+    "deepseek-r1": dict(temperature=0.6, top_p=0.95, max_new_tokens=32768, think_end="</think>", system_prompt=False),
+    # SmolLM2-135M-Instruct is no reasoning model: the whole completion is the answer.
+    "smollm2": dict(temperature=0.6, top_p=0.95, max_new_tokens=256, think_end="", system_prompt=True),
+}
+
+
+@dataclass
+class GenerateConfig:
+    preset: str = "default"  # sampling defaults of a known teacher: default, deepseek-r1, smollm2
+    backend: str = "vllm"  # vllm (offline engine in this process) or openai (a served endpoint)
+    n: int = 1  # samples per prompt
+    temperature: float | None = None  # None: the preset's
+    top_p: float | None = None  # None: the preset's
+    max_new_tokens: int | None = None  # None: the preset's
+    think_end: str | None = None  # text closing the reasoning; "" for a teacher that does not reason
+    system_prompt: bool | None = None  # False drops system messages (R1 is trained without one)
+    top_k: int = 20  # teacher logprobs kept per generated token
+    splits: list[str] = field(default_factory=lambda: ["train", "eval"])  # eval traces feed fidelity metrics
+    shard_size: int = 512  # samples per Parquet shard: at most this much work is redone after a kill
+    max_in_flight: int = 256  # prompts inside the engine at once: bounds memory for any prompt count
+    per_request_seed: bool = True  # seed every sample (reproducible); off uses only the engine seed
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+
+    def __post_init__(self):
+        _check(self.preset in PRESETS, "preset", f"unknown preset (known: {', '.join(PRESETS)})")
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        _check(self.backend in ("vllm", "openai"), "backend", "vllm or openai")
+        _check(self.n >= 1, "n", ">= 1")
+        _check(self.temperature >= 0, "temperature", ">= 0")
+        _check(0 < self.top_p <= 1, "top_p", "in (0, 1]")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1")
+        _check(1 <= self.top_k <= 1024, "top_k", "in 1..1024")
+        _check(bool(self.splits) and set(self.splits) <= {"train", "eval"}, "splits", "train and/or eval")
+        _check(self.shard_size >= 1 and self.max_in_flight >= 1, "shard_size", ">= 1")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(arithmetic=ArithmeticConfig()))
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     file: str = ""  # the YAML file this was loaded from (set by load, not by users)
 
     @property

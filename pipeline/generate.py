@@ -1,0 +1,355 @@
+"""Stage `generate`: the teacher writes reasoning traces and, in the same pass, its top-k logprobs
+for every generated token (artifacts/<run>/generate/).
+
+    distill generate configs/quickstart.yaml [--shard i/N | --data-parallel N] [--dry-run]
+
+Prompts are rendered once with the teacher's chat template and passed to vLLM as token ids. The
+engine is driven incrementally (at most `max_in_flight` prompts inside it), each finished request
+is turned into arrays at once, and every `shard_size` samples become one pair of Parquet files
+(generations + teacher_topk) written to temporary names and renamed. A rerun skips the samples
+already on disk, so a killed job redoes at most one shard's work; a rerun whose settings would
+change the outputs refuses to mix into the existing ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+
+from pipeline import manifest, topk
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.files import TMP_SUFFIX, atomic_path, read_table, write_json, write_table
+from pipeline.schema import GENERATE_SKIPPED, GENERATIONS, PROMPTS, TEACHER_TOPK
+
+PART = re.compile(r"part-(\d+)of(\d+)-(\d+)\.parquet$")
+
+
+def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> dict | None:
+    started = time.time()
+    gen = cfg.generate
+    out = cfg.run_dir / "generate"
+    teacher = manifest.read(cfg, "models")["models"]["teacher"]
+    tokenizer = _tokenizer(teacher["path"])
+    think_end_ids = _think_end_ids(tokenizer, gen.think_end)
+
+    # Refuse to mix outputs of different settings into one run.
+    settings = output_settings(cfg, teacher)
+    _check_settings(out / "settings.json", settings)
+
+    # Prompts of this shard, rendered once; those already on disk or too long are left out.
+    prompts = [p for p in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()
+               if p["split"] in gen.splits and _in_shard(p["prompt_id"], shard)]
+    done = done_samples(out)
+    todo, skipped = [], []
+    for p in prompts:
+        if all(f"{p['prompt_id']}-{i}" in done for i in range(gen.n)):
+            continue
+        text, ids = render(tokenizer, p, gen.system_prompt)
+        if len(ids) + 1 > gen.engine.max_model_len:
+            skipped.append({"prompt_id": p["prompt_id"], "prompt_tokens": len(ids),
+                            "reason": f"prompt is {len(ids)} tokens; max_model_len is {gen.engine.max_model_len}"})
+            continue
+        todo.append((p, text, ids))
+    if skipped:
+        write_table(GENERATE_SKIPPED, GENERATE_SKIPPED.from_pylist(skipped),
+                    out / f"skipped-{shard[0]:03d}of{shard[1]:03d}.parquet")
+    total = len(prompts) * gen.n
+    click.echo(f"generate: shard {shard[0]}/{shard[1]}: {len(prompts)} prompts x {gen.n} samples; "
+               f"{len(done)} samples on disk, {len(todo) * gen.n} to generate, {len(skipped)} prompts skipped (too long)")
+
+    stats = {"samples": 0, "tokens": 0, "seconds": 0.0, "bytes": 0}
+    if todo:
+        writer = ShardWriter(out, shard, gen.shard_size)
+        from pipeline.engine import VLLMTeacher
+
+        engine = VLLMTeacher(teacher["path"], cfg)
+        t0 = time.time()
+        with _progress(total, len(done)) as bar:
+            for prompt, text, ids, completions in engine.generate(todo):
+                for i, c in enumerate(completions):
+                    gen_row, topk_row = sample_rows(prompt, text, ids, i, c, tokenizer, think_end_ids, teacher["path"])
+                    writer.add(gen_row, topk_row)
+                    stats["tokens"] += gen_row["completion_tokens"]
+                stats["samples"] += len(completions)
+                bar.update(len(completions))
+                bar.set_postfix_str(f"{stats['tokens'] / (time.time() - t0):.0f} tok/s", refresh=False)
+        writer.flush()
+        stats["seconds"] = time.time() - t0
+        stats["bytes"] = writer.bytes
+        tps = stats["tokens"] / max(stats["seconds"], 1e-9)
+        click.echo(f"generate: {stats['samples']} samples, {stats['tokens']} tokens in {stats['seconds']:.1f}s "
+                   f"({tps:.0f} tok/s), {writer.bytes / 1e6:.2f} MB written "
+                   f"({writer.topk_bytes / max(stats['tokens'], 1):.1f} bytes of top-k per token)")
+
+    return _finish_if_complete(cfg, started, settings, stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: what would change the outputs. Stored at the first start; a rerun must match.
+
+
+def output_settings(cfg: Config, teacher: dict) -> dict:
+    gen = cfg.generate
+    return {
+        "teacher_weights_sha": teacher["weights_sha"], "tokenizer_sha": teacher["tokenizer_sha"],
+        "vocab_sha": teacher["vocab_sha"], "n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
+        "max_new_tokens": gen.max_new_tokens, "max_model_len": gen.engine.max_model_len, "top_k": gen.top_k,
+        "think_end": gen.think_end, "system_prompt": gen.system_prompt, "seed": cfg.run.seed,
+        "per_request_seed": gen.per_request_seed, "logprobs_mode": "raw_logprobs",
+        "logprob_step": topk.STEP, "dtype": gen.engine.dtype, "quantization": gen.engine.quantization,
+    }
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = [k for k in settings if old.get(k) != settings[k]]
+        if changed:
+            k = changed[0]
+            raise PipelineError(f"{path.parent}: holds samples generated with {k}={old.get(k)!r}, not {settings[k]!r}"
+                                f" ({len(changed)} setting(s) differ); use a new run name or delete that directory")
+    else:
+        write_json(path, settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts.
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def render(tokenizer, prompt: dict, system_prompt: bool) -> tuple[str, list[int]]:
+    """Chat template -> text -> ids without adding special tokens again (the template has them)."""
+    messages = [m for m in prompt["messages"] if system_prompt or m["role"] != "system"]
+    tools = json.loads(prompt["tools"]) if prompt["tools"] else None
+    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    return text, tokenizer.encode(text, add_special_tokens=False)
+
+
+def _think_end_ids(tokenizer, think_end: str) -> list[int]:
+    return tokenizer.encode(think_end, add_special_tokens=False) if think_end else []
+
+
+def _in_shard(prompt_id: str, shard: tuple[int, int]) -> bool:
+    return int(prompt_id[:8], 16) % shard[1] == shard[0]
+
+
+def prompt_seed(run_seed: int, prompt_id: str, n: int) -> int:
+    """Spaced by n because vLLM seeds sample i with seed + i: no two samples share a seed."""
+    return int(hashlib.sha256(f"{run_seed}:{prompt_id}".encode()).hexdigest()[:12], 16) * n
+
+
+# ---------------------------------------------------------------------------------------------
+# One finished completion -> one generations row and one teacher_topk row.
+
+
+def sample_rows(prompt: dict, text: str, ids: list[int], idx: int, c, tokenizer, think_end_ids: list[int],
+                model: str) -> tuple[dict, dict]:
+    """`c` has token_ids, token_logprobs [P], topk_ids [P, k], topk_logprobs [P, k], finish_reason,
+    seed and latency_s (see engine.Completion)."""
+    tokens = np.asarray(c.token_ids, dtype=np.int32)
+    reasoning_ids, answer_ids, end_index, end_count = split_reasoning(tokens, think_end_ids)
+    closed = end_index is not None or not think_end_ids
+    gen_row = {
+        "sample_id": f"{prompt['prompt_id']}-{idx}", "prompt_id": prompt["prompt_id"], "sample_idx": idx,
+        "split": prompt["split"], "prompt_text": text, "prompt_token_ids": ids,
+        "reasoning": tokenizer.decode(reasoning_ids, skip_special_tokens=True),
+        "answer": tokenizer.decode(answer_ids, skip_special_tokens=True) if closed else "",
+        "reasoning_closed": closed, "think_end_count": end_count, "think_end_index": end_index,
+        "prompt_tokens": len(ids), "completion_tokens": len(tokens), "reasoning_tokens": len(reasoning_ids),
+        "answer_tokens": len(answer_ids) if closed else 0, "finish_reason": c.finish_reason, "model": model,
+        "seed": c.seed, "latency_s": c.latency_s,
+    }
+    topk_row = {
+        "sample_id": gen_row["sample_id"], "k": c.topk_ids.shape[1], "token_ids": tokens,
+        "token_logprobs_q": topk.quantize(c.token_logprobs), "topk_ids": c.topk_ids.astype(np.int32).ravel(),
+        "topk_logprobs_q": topk.encode(c.topk_logprobs),
+    }
+    return gen_row, topk_row
+
+
+def split_reasoning(tokens: np.ndarray, think_end_ids: list[int]):
+    """Split on token ids: (reasoning ids, answer ids, index of the first think-end, how many).
+    A teacher without a think-end token has no reasoning: everything is the answer."""
+    if not think_end_ids:
+        return tokens[:0], tokens, None, 0
+    m = len(think_end_ids)
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, m) if len(tokens) >= m else np.empty((0, m))
+    hits = np.flatnonzero((windows == np.asarray(think_end_ids)).all(axis=1))
+    if len(hits) == 0:
+        return tokens, tokens[:0], None, 0
+    first = int(hits[0])
+    return tokens[:first], tokens[first + m:], first, len(hits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards on disk.
+
+
+class ShardWriter:
+    """Buffers rows; every shard_size samples writes teacher_topk then generations (the commit mark)."""
+
+    def __init__(self, out: Path, shard: tuple[int, int], size: int):
+        self.out, self.shard, self.size = out, shard, size
+        self.gen_rows, self.topk_rows = [], []
+        self.bytes = self.topk_bytes = 0
+        self.seq = _next_seq(out, shard)
+
+    def add(self, gen_row: dict, topk_row: dict) -> None:
+        self.gen_rows.append(gen_row)
+        self.topk_rows.append(topk_row)
+        if len(self.gen_rows) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.gen_rows:
+            return
+        name = f"part-{self.shard[0]:03d}of{self.shard[1]:03d}-{self.seq:05d}.parquet"
+        topk_path, gen_path = self.out / "teacher_topk" / name, self.out / "generations" / name
+        write_topk(TEACHER_TOPK.from_pylist(self.topk_rows), topk_path)
+        write_table(GENERATIONS, GENERATIONS.from_pylist(self.gen_rows), gen_path)
+        self.topk_bytes += topk_path.stat().st_size
+        self.bytes += topk_path.stat().st_size + gen_path.stat().st_size
+        self.gen_rows, self.topk_rows = [], []
+        self.seq += 1
+
+
+def write_topk(table: pa.Table, path: Path) -> None:
+    """zstd plus byte-stream-split on the id and logprob lists: their high bytes are mostly zero."""
+    TEACHER_TOPK.validate(table.schema, f"writing {path}")
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", compression_level=9, use_dictionary=["sample_id"],
+                       use_byte_stream_split=["token_ids", "token_logprobs_q", "topk_ids", "topk_logprobs_q"])
+
+
+def _next_seq(out: Path, shard: tuple[int, int]) -> int:
+    """Next part number for this shard; a teacher_topk part with no generations part is an orphan
+    of a killed write and is removed (generations is written last, so it marks a complete part)."""
+    seqs = [int(m[3]) for p in (out / "generations").glob("part-*.parquet")
+            if (m := PART.search(p.name)) and (int(m[1]), int(m[2])) == shard]
+    nxt = max(seqs, default=-1) + 1
+    for p in (out / "teacher_topk").glob("part-*.parquet"):
+        if not (out / "generations" / p.name).exists():
+            p.unlink()
+    for d in ("generations", "teacher_topk"):
+        for p in (out / d).glob(f"*{TMP_SUFFIX}"):
+            if f".{os.getpid()}." not in p.name:
+                p.unlink(missing_ok=True)
+    return nxt
+
+
+def done_samples(out: Path) -> set[str]:
+    """sample_ids of every complete part on disk (any shard), reading only the key column."""
+    done: set[str] = set()
+    for p in sorted((out / "generations").glob("part-*.parquet")):
+        try:
+            done.update(pq.read_table(p, columns=["sample_id"]).column(0).to_pylist())
+        except (pa.ArrowInvalid, OSError) as e:
+            raise PipelineError(f"{p}: corrupt shard ({str(e).splitlines()[0]}); delete it to regenerate") from None
+    return done
+
+
+def _progress(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="sample", desc="generate", dynamic_ncols=True, mininterval=1.0)
+
+
+def _finish_if_complete(cfg: Config, started: float, settings: dict, stats: dict) -> dict | None:
+    """Write the stage manifest once every shard's samples are on disk (any process may be last)."""
+    gen = cfg.generate
+    out = cfg.run_dir / "generate"
+    prompts = read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()
+    skipped = set()
+    for p in out.glob("skipped-*.parquet"):
+        skipped.update(pq.read_table(p, columns=["prompt_id"]).column(0).to_pylist())
+    expected = {f"{p['prompt_id']}-{i}" for p in prompts if p["split"] in gen.splits
+                and p["prompt_id"] not in skipped for i in range(gen.n)}
+    done = done_samples(out)
+    if not expected <= done:
+        click.echo(f"generate: {len(expected - done)} samples still missing (other shards); manifest not written yet")
+        return None
+    parts = sorted((out / "generations").glob("part-*.parquet"))
+    tokens = sum(int(pa.compute.sum(pq.read_table(p, columns=["completion_tokens"]).column(0)).as_py() or 0)
+                 for p in parts)
+    topk_bytes = sum(p.stat().st_size for p in (out / "teacher_topk").glob("part-*.parquet"))
+    gen_bytes = sum(p.stat().st_size for p in parts)
+    counts = {"samples": len(done), "prompts_skipped": len(skipped), "completion_tokens": int(tokens),
+              "generations_bytes": gen_bytes, "teacher_topk_bytes": topk_bytes,
+              "topk_bytes_per_candidate": round(topk_bytes / max(int(tokens) * gen.top_k, 1), 3)}
+    return manifest.write(cfg, "generate", started, counts, settings=settings, last_pass=stats,
+                          sampling={"temperature": gen.temperature, "top_p": gen.top_p,
+                                    "logprobs_mode": "raw_logprobs (T=1, before temperature and top-p)"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Data parallelism on one node, and the dry run.
+
+
+def run_data_parallel(cfg: Config, n: int, config_file: str, overrides: tuple[str, ...]) -> dict | None:
+    """N engine processes, shard i of N each, each writing its own parts. On GPUs each process gets
+    tensor_parallel_size * pipeline_parallel_size devices of its own."""
+    per = cfg.generate.engine.tensor_parallel_size * cfg.generate.engine.pipeline_parallel_size
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(n * per)]
+    procs = []
+    for i in range(n):
+        env = dict(os.environ)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[i * per:(i + 1) * per])
+        cmd = [sys.executable, "-m", "pipeline.cli", "generate", config_file, "--shard", f"{i}/{n}"]
+        for o in overrides:
+            cmd += ["--set", o]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise PipelineError(f"data-parallel generate: shard processes exited with {codes}; rerun to resume")
+    return manifest.read(cfg, "generate")
+
+
+def dry_run(cfg: Config, shard: tuple[int, int], data_parallel: int) -> None:
+    """Validate and print the plan without loading a model: engine arguments, shards, estimates."""
+    from pipeline.engine import engine_args
+
+    gen = cfg.generate
+    click.echo(f"teacher:        {cfg.models.teacher}")
+    click.echo(f"backend:        {gen.backend}")
+    click.echo(f"engine args:    {json.dumps(engine_args(cfg), sort_keys=True)}")
+    click.echo(f"sampling:       n={gen.n} temperature={gen.temperature} top_p={gen.top_p} "
+               f"max_new_tokens={gen.max_new_tokens} top_k={gen.top_k} (raw logprobs) think_end={gen.think_end!r} "
+               f"system_prompt={gen.system_prompt}")
+    per = gen.engine.tensor_parallel_size * gen.engine.pipeline_parallel_size
+    procs = data_parallel or 1
+    click.echo(f"parallelism:    {procs} engine process(es) x {per} device(s) each; this job: shard {shard[0]}/{shard[1]}")
+    prompts_path = cfg.run_dir / "prepare/prompts.parquet"
+    if not prompts_path.is_file():
+        click.echo(f"prompts:        {prompts_path} not prepared yet: run `distill prepare` for counts and estimates")
+        return
+    prompts = [p for p in read_table(PROMPTS, prompts_path).to_pylist() if p["split"] in gen.splits]
+    mine = [p for p in prompts if _in_shard(p["prompt_id"], shard)]
+    chars = sum(len(m["content"]) for p in mine for m in p["messages"])
+    samples = len(mine) * gen.n
+    max_tokens = samples * gen.max_new_tokens
+    click.echo(f"prompts:        {len(prompts)} in splits {gen.splits}; {len(mine)} in this shard -> {samples} samples")
+    click.echo(f"shards:         {-(-samples // gen.shard_size)} part files of <= {gen.shard_size} samples")
+    click.echo(f"tokens:         prompts ~{chars // 4 * gen.n:,} (chars/4), completions <= {max_tokens:,} "
+               f"(~{max_tokens // 2:,} if traces average half the budget)")
+    # ~2 bytes per stored candidate (measured by `distill bench generate`) + ~8 per token of ids/text.
+    est = max_tokens // 2 * (2 * gen.top_k + 8)
+    click.echo(f"storage:        teacher_topk + generations ~{est / 1e9:.2f} GB at half the budget")

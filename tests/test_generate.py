@@ -1,0 +1,162 @@
+"""generate with the real vLLM engine on CPU and a tiny teacher: the expected sample set, resume
+after SIGKILL, refusal to mix settings, too-long prompts skipped, data parallelism, dry run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from pipeline import config, generate, topk
+from pipeline.cli import main
+from pipeline.schema import GENERATIONS, TEACHER_TOPK
+from tests.conftest import write_config
+
+ROOT = Path(__file__).parent.parent
+LONG_PROMPT = "count " * 600  # longer than max_model_len: must be skipped, not crash
+
+
+def _config(tmp_path, teacher, name="g", extra=""):
+    (tmp_path / "long.jsonl").write_text(json.dumps({"prompt": LONG_PROMPT}) + "\n")
+    return write_config(tmp_path / f"{name}.yaml", f"""
+        run: {{name: {name}, artifacts_dir: {tmp_path / 'artifacts'}}}
+        models: {{teacher: {teacher}, student_layers: [0], dtype: float32}}
+        prepare:
+          arithmetic: {{n_train: 24, n_eval: 6}}
+          inputs: [{{path: {tmp_path / 'long.jsonl'}}}]
+        generate:
+          n: 2
+          max_new_tokens: 24
+          top_k: 5
+          shard_size: 6
+          max_in_flight: 4
+          engine: {{max_model_len: 256, dtype: float32, enforce_eager: true}}
+        {extra}
+        """)
+
+
+def _distill(*args, check=True, **kw):
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=check, **kw)
+
+
+def _samples(run_dir):
+    parts = sorted((run_dir / "generate/generations").glob("part-*.parquet"))
+    return [s for p in parts for s in pq.read_table(p, columns=["sample_id"]).column(0).to_pylist()]
+
+
+def _expected(run_dir, n=2):
+    prompts = pq.read_table(run_dir / "prepare/prompts.parquet").to_pylist()
+    skipped = {p["prompt_id"] for p in prompts if p["messages"][-1]["content"].startswith("count")}
+    return {f"{p['prompt_id']}-{i}" for p in prompts if p["prompt_id"] not in skipped for i in range(n)}
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tiny_teacher_dir, tmp_path_factory):
+    """A generation SIGKILLed once its first shard is on disk, then rerun to completion."""
+    tmp = tmp_path_factory.mktemp("gen")
+    cfg = _config(tmp, tiny_teacher_dir)
+    _distill("models", cfg)
+    _distill("prepare", cfg)
+    run_dir = tmp / "artifacts/g"
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "generate", str(cfg)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((run_dir / "generate/generations").glob("part-*.parquet")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _samples(run_dir)
+    resumed = _distill("generate", cfg)
+    return cfg, run_dir, before, resumed
+
+
+def test_resume_after_sigkill_gives_exactly_the_expected_samples(killed_and_resumed):
+    cfg, run_dir, before, resumed = killed_and_resumed
+    assert 0 < len(before) < len(_expected(run_dir)), "the kill should land mid-run"
+    after = _samples(run_dir)
+    assert len(after) == len(set(after)) and set(after) == _expected(run_dir)
+    redone = len(_expected(run_dir)) - len(before)
+    assert f"{len(before)} samples on disk, {redone} to generate" in resumed.stdout
+    manifest = json.loads((run_dir / "generate/manifest.json").read_text())
+    assert manifest["counts"]["samples"] == len(after) and manifest["counts"]["prompts_skipped"] == 1
+    assert manifest["settings"]["logprobs_mode"] == "raw_logprobs" and manifest["settings"]["temperature"] == 0.6
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_tables_are_consistent(killed_and_resumed):
+    _, run_dir, _, _ = killed_and_resumed
+    gen = pq.read_table(run_dir / "generate/generations").to_pylist()
+    tk = {r["sample_id"]: r for r in pq.read_table(run_dir / "generate/teacher_topk").to_pylist()}
+    GENERATIONS.validate(pq.read_schema(next((run_dir / "generate/generations").glob("*.parquet"))), "g")
+    TEACHER_TOPK.validate(pq.read_schema(next((run_dir / "generate/teacher_topk").glob("*.parquet"))), "t")
+    assert set(tk) == {r["sample_id"] for r in gen}
+    seeds = [r["seed"] for r in gen]
+    assert len(set(seeds)) == len(seeds), "per-sample seeds never collide"
+    for r in gen:
+        t = tk[r["sample_id"]]
+        P = len(t["token_ids"])
+        assert P == r["completion_tokens"] and len(t["topk_ids"]) == P * t["k"] == len(t["topk_logprobs_q"])
+        lp = topk.decode(np.asarray(t["topk_logprobs_q"]), t["k"])
+        assert (np.diff(lp, axis=1) <= 0).all() and (lp <= 0).all()
+        assert r["finish_reason"] in ("stop", "length")
+        assert r["prompt_token_ids"][:1] == [1]  # the template's <|im_start|>, once: no double BOS
+    skipped = pq.read_table(run_dir / "generate/skipped-000of001.parquet").to_pylist()
+    assert len(skipped) == 1 and "max_model_len is 256" in skipped[0]["reason"]
+
+
+def test_rerun_with_other_settings_refuses(killed_and_resumed):
+    cfg, *_ = killed_and_resumed
+    result = CliRunner().invoke(main, ["generate", str(cfg), "--set", "generate.temperature=0.9"])
+    assert result.exit_code == 1
+    assert "generated with temperature=0.6, not 0.9" in result.output and len(result.output.splitlines()) == 1
+
+
+def test_data_parallel_matches_single_process(killed_and_resumed, tiny_teacher_dir):
+    cfg, run_dir, _, _ = killed_and_resumed
+    dp = _config(cfg.parent, tiny_teacher_dir, name="dp")
+    _distill("models", dp)
+    _distill("prepare", dp)
+    _distill("generate", dp, "--data-parallel", "2")
+    dp_dir = cfg.parent / "artifacts/dp"
+    names = {p.name[:14] for p in (dp_dir / "generate/generations").glob("part-*.parquet")}
+    assert names == {"part-000of002-", "part-001of002-"}
+    assert sorted(_samples(dp_dir)) == sorted(_samples(run_dir))
+    assert (dp_dir / "generate/manifest.json").is_file()
+
+
+def test_dry_run_prints_plan_without_a_model():
+    result = CliRunner().invoke(main, ["generate", str(ROOT / "configs/deepseek-r1.yaml"), "--dry-run",
+                                       "--set", "run.artifacts_dir=/nonexistent"])
+    assert result.exit_code == 0, result.output
+    assert '"tensor_parallel_size": 8' in result.output and '"enable_expert_parallel": true' in result.output
+    assert "max_new_tokens=32768" in result.output and "system_prompt=False" in result.output
+
+
+def test_split_reasoning_on_token_ids():
+    toks = np.array([5, 6, 99, 7, 8, 2])
+    r, a, idx, count = generate.split_reasoning(toks, [99])
+    assert r.tolist() == [5, 6] and a.tolist() == [7, 8, 2] and idx == 2 and count == 1
+    r, a, idx, count = generate.split_reasoning(np.array([5, 3, 4, 6, 3, 4]), [3, 4])  # multi-token marker, twice
+    assert r.tolist() == [5] and idx == 1 and count == 2
+    r, a, idx, count = generate.split_reasoning(toks, [42])
+    assert r.tolist() == toks.tolist() and a.size == 0 and idx is None
+    r, a, idx, count = generate.split_reasoning(toks, [])
+    assert r.size == 0 and a.tolist() == toks.tolist()
+
+
+def test_topk_codec_error_bound():
+    rng = np.random.default_rng(0)
+    lp = -np.sort(rng.exponential(3.0, size=(500, 20)), axis=1).astype(np.float32)
+    lp[:, 0] = -rng.exponential(0.3, size=500)
+    lp = -np.sort(-lp, axis=1)
+    back = topk.decode(topk.encode(lp), 20)
+    assert np.abs(back - lp).max() <= 0.01 + 1e-6
