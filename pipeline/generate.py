@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -49,36 +48,26 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> dict | None:
     settings = output_settings(cfg, teacher)
     _check_settings(out / "settings.json", settings)
 
-    # Prompts of this shard, rendered once; those already on disk or too long are left out.
+    # Prompts of this shard not yet on disk; rendered lazily, so memory holds ids only for the
+    # prompts inside the engine.
     prompts = [p for p in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()
                if p["split"] in gen.splits and _in_shard(p["prompt_id"], shard)]
     done = done_samples(out)
-    todo, skipped = [], []
-    for p in prompts:
-        if all(f"{p['prompt_id']}-{i}" in done for i in range(gen.n)):
-            continue
-        text, ids = render(tokenizer, p, gen.system_prompt)
-        if len(ids) + 1 > gen.engine.max_model_len:
-            skipped.append({"prompt_id": p["prompt_id"], "prompt_tokens": len(ids),
-                            "reason": f"prompt is {len(ids)} tokens; max_model_len is {gen.engine.max_model_len}"})
-            continue
-        todo.append((p, text, ids))
-    if skipped:
-        write_table(GENERATE_SKIPPED, GENERATE_SKIPPED.from_pylist(skipped),
-                    out / f"skipped-{shard[0]:03d}of{shard[1]:03d}.parquet")
+    pending = [p for p in prompts if not all(f"{p['prompt_id']}-{i}" in done for i in range(gen.n))]
+    skipped: list[dict] = []
     total = len(prompts) * gen.n
     click.echo(f"generate: shard {shard[0]}/{shard[1]}: {len(prompts)} prompts x {gen.n} samples; "
-               f"{len(done)} samples on disk, {len(todo) * gen.n} to generate, {len(skipped)} prompts skipped (too long)")
+               f"{len(done)} samples on disk, {len(pending) * gen.n} pending")
 
     stats = {"samples": 0, "tokens": 0, "seconds": 0.0, "bytes": 0}
-    if todo:
+    if pending:
         writer = ShardWriter(out, shard, gen.shard_size)
         from pipeline.engine import VLLMTeacher
 
         engine = VLLMTeacher(teacher["path"], cfg)
         t0 = time.time()
         with _progress(total, len(done)) as bar:
-            for prompt, text, ids, completions in engine.generate(todo):
+            for prompt, text, ids, completions in engine.generate(_render(tokenizer, pending, gen, skipped)):
                 for i, c in enumerate(completions):
                     gen_row, topk_row = sample_rows(prompt, text, ids, i, c, tokenizer, think_end_ids, teacher["path"])
                     writer.add(gen_row, topk_row)
@@ -94,6 +83,10 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> dict | None:
                    f"({tps:.0f} tok/s), {writer.bytes / 1e6:.2f} MB written "
                    f"({writer.topk_bytes / max(stats['tokens'], 1):.1f} bytes of top-k per token)")
 
+    if skipped:
+        click.echo(f"generate: {len(skipped)} prompts skipped (longer than max_model_len), listed in {out}/skipped-*.parquet")
+        write_table(GENERATE_SKIPPED, GENERATE_SKIPPED.from_pylist(skipped),
+                    out / f"skipped-{shard[0]:03d}of{shard[1]:03d}.parquet")
     return _finish_if_complete(cfg, started, settings, stats)
 
 
@@ -141,6 +134,17 @@ def render(tokenizer, prompt: dict, system_prompt: bool) -> tuple[str, list[int]
     tools = json.loads(prompt["tools"]) if prompt["tools"] else None
     text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     return text, tokenizer.encode(text, add_special_tokens=False)
+
+
+def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict]):
+    """Yield (prompt, text, ids) for the engine; a prompt too long for the context goes to `skipped`."""
+    for p in prompts:
+        text, ids = render(tokenizer, p, gen.system_prompt)
+        if len(ids) + 1 > gen.engine.max_model_len:
+            skipped.append({"prompt_id": p["prompt_id"], "prompt_tokens": len(ids),
+                            "reason": f"prompt is {len(ids)} tokens; max_model_len is {gen.engine.max_model_len}"})
+            continue
+        yield p, text, ids
 
 
 def _think_end_ids(tokenizer, think_end: str) -> list[int]:

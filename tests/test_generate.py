@@ -84,8 +84,8 @@ def test_resume_after_sigkill_gives_exactly_the_expected_samples(killed_and_resu
     assert 0 < len(before) < len(_expected(run_dir)), "the kill should land mid-run"
     after = _samples(run_dir)
     assert len(after) == len(set(after)) and set(after) == _expected(run_dir)
-    redone = len(_expected(run_dir)) - len(before)
-    assert f"{len(before)} samples on disk, {redone} to generate" in resumed.stdout
+    pending = len(_expected(run_dir)) - len(before) + 2  # + the too-long prompt's two samples, skipped again
+    assert f"{len(before)} samples on disk, {pending} pending" in resumed.stdout
     manifest = json.loads((run_dir / "generate/manifest.json").read_text())
     assert manifest["counts"]["samples"] == len(after) and manifest["counts"]["prompts_skipped"] == 1
     assert manifest["settings"]["logprobs_mode"] == "raw_logprobs" and manifest["settings"]["temperature"] == 0.6
