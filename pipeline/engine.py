@@ -123,3 +123,98 @@ class VLLMTeacher:
                     completions.append(Completion(list(c.token_ids), sampled, top_ids, top_lp, c.finish_reason,
                                                   None if seed is None else seed + c.index, latency))
                 yield prompt, text, ids, completions
+
+
+class OpenAITeacher:
+    """Any OpenAI-compatible /v1/completions endpoint (a `vllm serve` of R1 on another node).
+
+    Prompts go as token ids, so the stored prompt ids are exactly what the server saw; candidates
+    come back as "token_id:N" (`return_tokens_as_token_ids`). Bounded concurrency; 429, 5xx and
+    timeouts are retried with exponential backoff."""
+
+    RETRY_STATUS = {429, 500, 502, 503, 504}
+
+    def __init__(self, cfg: Config):
+        import os
+
+        self.cfg = cfg
+        o = cfg.generate.openai
+        self.url = o.base_url.rstrip("/") + "/completions"
+        self.headers = {"Content-Type": "application/json"}
+        if os.environ.get(o.api_key_env):
+            self.headers["Authorization"] = f"Bearer {os.environ[o.api_key_env]}"
+        self.model = o.model or self._first_model(o.base_url.rstrip("/") + "/models")
+
+    def _post(self, url: str, body: dict | None) -> dict:
+        import json
+        import urllib.error
+        import urllib.request
+
+        o = self.cfg.generate.openai
+        for attempt in range(o.max_retries + 1):
+            data = None if body is None else json.dumps(body).encode()
+            req = urllib.request.Request(url, data=data, headers=self.headers, method="GET" if body is None else "POST")
+            try:
+                with urllib.request.urlopen(req, timeout=o.timeout_s) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                if e.code not in self.RETRY_STATUS or attempt == o.max_retries:
+                    detail = e.read().decode(errors="replace")[:200].replace("\n", " ")
+                    raise PipelineError(f"{url}: HTTP {e.code}: {detail}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt == o.max_retries:
+                    raise PipelineError(f"{url}: {getattr(e, 'reason', e)} after {attempt + 1} tries") from None
+            time.sleep(min(60.0, 0.5 * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    def _first_model(self, url: str) -> str:
+        models = self._post(url, None).get("data") or []
+        if not models:
+            raise PipelineError(f"{url}: the server lists no models; set generate.openai.model")
+        return models[0]["id"]
+
+    def _one(self, prompt: dict, text: str, ids: list[int]):
+        from pipeline.generate import prompt_seed
+
+        g = self.cfg.generate
+        seed = prompt_seed(self.cfg.run.seed, prompt["prompt_id"], g.n) if g.per_request_seed else None
+        body = {"model": self.model, "prompt": ids, "n": g.n, "temperature": g.temperature, "top_p": g.top_p,
+                "max_tokens": min(g.max_new_tokens, g.engine.max_model_len - len(ids)), "logprobs": g.top_k,
+                "return_tokens_as_token_ids": True, "skip_special_tokens": False}
+        if seed is not None:
+            body["seed"] = seed
+        t0 = time.time()
+        reply = self._post(self.url, body)
+        latency = time.time() - t0
+        completions = []
+        for choice in sorted(reply["choices"], key=lambda c: c["index"]):
+            lp = choice["logprobs"]
+            token_ids = [int(t.split(":", 1)[1]) for t in lp["tokens"]]
+            top = [sorted(((int(t.split(":", 1)[1]), v) for t, v in d.items()), key=lambda x: -x[1])[:g.top_k]
+                   for d in lp["top_logprobs"]]
+            if any(len(row) < g.top_k for row in top):
+                raise PipelineError(f"{self.url}: fewer than top_k={g.top_k} candidates returned; the server's "
+                                    "--max-logprobs must be at least top_k")
+            completions.append(Completion(
+                token_ids, np.asarray(lp["token_logprobs"], dtype=np.float32),
+                np.asarray([[i for i, _ in row] for row in top], dtype=np.int64),
+                np.asarray([[v for _, v in row] for row in top], dtype=np.float32),
+                choice["finish_reason"], None if seed is None else seed + choice["index"], latency))
+        return prompt, text, ids, completions
+
+    def generate(self, todo: Iterable[tuple[dict, str, list[int]]]) -> Iterator[tuple[dict, str, list[int], list]]:
+        """Like VLLMTeacher.generate: at most `concurrency` requests open, yielded as they finish."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        limit = self.cfg.generate.openai.concurrency
+        pending = iter(todo)
+        with ThreadPoolExecutor(limit) as pool:
+            running = set()
+            while True:
+                while len(running) < limit and (item := next(pending, None)) is not None:
+                    running.add(pool.submit(self._one, *item))
+                if not running:
+                    return
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    yield f.result()

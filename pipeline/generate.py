@@ -62,9 +62,9 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> dict | None:
     stats = {"samples": 0, "tokens": 0, "seconds": 0.0, "bytes": 0}
     if pending:
         writer = ShardWriter(out, shard, gen.shard_size)
-        from pipeline.engine import VLLMTeacher
+        from pipeline.engine import OpenAITeacher, VLLMTeacher
 
-        engine = VLLMTeacher(teacher["path"], cfg)
+        engine = OpenAITeacher(cfg) if gen.backend == "openai" else VLLMTeacher(teacher["path"], cfg)
         t0 = time.time()
         with _progress(total, len(done)) as bar:
             for prompt, text, ids, completions in engine.generate(_render(tokenizer, pending, gen, skipped)):
