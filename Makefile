@@ -8,6 +8,8 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export HF_HUB_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# In-process vLLM engine: on 2 cores the multiprocess engine keeps one core for its scheduler.
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 
 .PHONY: quickstart test install clean-venv
 
