@@ -88,8 +88,9 @@ def _parse_shard(ctx, param, value):
 @click.option("--data-parallel", type=click.IntRange(min=1), default=None, metavar="N",
               help="launch N engine processes on this node, one shard each")
 @click.option("--dry-run", is_flag=True, help="validate, print engine args, shard plan and estimates; load nothing")
+@click.option("--score", is_flag=True, help="attach teacher top-k to existing completions (prompts' completion column)")
 @_one_line_errors
-def generate_cmd(config_file, overrides, shard, data_parallel, dry_run):
+def generate_cmd(config_file, overrides, shard, data_parallel, dry_run, score):
     """Teacher traces + top-k logprobs for every generated token, resumable."""
     from pipeline import generate
 
@@ -97,9 +98,9 @@ def generate_cmd(config_file, overrides, shard, data_parallel, dry_run):
     if dry_run:
         generate.dry_run(cfg, shard, data_parallel)
     elif data_parallel and data_parallel > 1:
-        generate.run_data_parallel(cfg, data_parallel, config_file, overrides)
+        generate.run_data_parallel(cfg, data_parallel, config_file, overrides, score)
     else:
-        generate.run(cfg, shard)
+        generate.run(cfg, shard, score)
 
 
 @main.command("bench")

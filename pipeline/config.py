@@ -87,6 +87,7 @@ class InputConfig:
     id: str = ""  # column with the user's own row id (must be unique)
     source: str = ""  # column naming each row's source; default: the input's file name
     difficulty: str = ""  # column with an integer difficulty level
+    completion: str = ""  # column with an existing completion (e.g. a public R1 trace) for generate --score
     task: str = "math"  # how answers are scored: math, exact, choice or tool
 
     def __post_init__(self):
@@ -174,6 +175,7 @@ class GenerateConfig:
     shard_size: int = 512  # samples per Parquet shard: at most this much work is redone after a kill
     max_in_flight: int = 256  # prompts inside the engine at once: bounds memory for any prompt count
     per_request_seed: bool = True  # seed every sample (reproducible); off uses only the engine seed
+    score_batch_tokens: int = 2048  # tokens per engine step with --score: prompt logprobs take [tokens x vocab] floats
     engine: EngineConfig = field(default_factory=EngineConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
 

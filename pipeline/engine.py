@@ -41,12 +41,14 @@ def engine_args(cfg: Config) -> dict:
     return args
 
 
-def flat_to_arrays(lp, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """vLLM FlatLogprobs -> (sampled logprob [P], top-k ids [P, k], top-k logprobs [P, k]).
-    Each position holds the sampled token first (with its true rank), then the top k."""
-    ids = np.asarray(lp.token_ids, dtype=np.int64)
-    vals = np.asarray(lp.logprobs, dtype=np.float32)
-    positions = len(lp.start_indices)
+def flat_to_arrays(lp, k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """vLLM FlatLogprobs -> (sampled logprob [P], top-k ids [P, k], top-k logprobs [P, k]) for the
+    positions from `first` on. Each position holds the sampled (or, for prompt logprobs, the given)
+    token first with its true rank, then the top k."""
+    start = lp.start_indices[first] if first < len(lp.start_indices) else len(lp.token_ids)
+    ids = np.asarray(lp.token_ids[start:], dtype=np.int64)
+    vals = np.asarray(lp.logprobs[start:], dtype=np.float32)
+    positions = len(lp.start_indices) - first
     if len(ids) != positions * (k + 1):
         raise PipelineError(f"vLLM returned {len(ids)} logprob entries for {positions} positions, expected k+1={k + 1} each")
     ids, vals = ids.reshape(positions, k + 1), vals.reshape(positions, k + 1)
@@ -66,13 +68,17 @@ def cpu_seed_workaround(cfg: Config) -> dict:
 
 
 class VLLMTeacher:
-    def __init__(self, model_path: str, cfg: Config, llm=None):
+    def __init__(self, model_path: str, cfg: Config, llm=None, score: bool = False):
         from vllm import LLM
 
         self.cfg = cfg
         if llm is None:
+            # Scoring samples nothing (no seeds); its prompt logprobs allocate [tokens x vocab]
+            # floats per step, so the step's token budget is what bounds memory.
+            extra = ({"max_num_batched_tokens": cfg.generate.score_batch_tokens, "enable_prefix_caching": False}
+                     if score else cpu_seed_workaround(cfg))
             try:
-                llm = LLM(model=model_path, **engine_args(cfg), **cpu_seed_workaround(cfg))
+                llm = LLM(model=model_path, **{**engine_args(cfg), **extra})
             except (ValueError, TypeError) as e:
                 raise PipelineError(f"vLLM refused the engine arguments: {str(e).splitlines()[0]}") from None
         self.llm = llm
@@ -89,9 +95,52 @@ class VLLMTeacher:
 
     def generate(self, todo: Iterable[tuple[dict, str, list[int]]]) -> Iterator[tuple[dict, str, list[int], list]]:
         """Yield (prompt, text, ids, [Completion] * n) as requests finish."""
-        from vllm.inputs import TokensPrompt
-
         from pipeline.generate import prompt_seed
+
+        g = self.cfg.generate
+
+        def request(prompt, ids):
+            seed = prompt_seed(self.cfg.run.seed, prompt["prompt_id"], g.n) if g.per_request_seed else None
+            params = self.sampling_params(seed)
+            params.max_tokens = min(g.max_new_tokens, g.engine.max_model_len - len(ids))
+            return ids, params, seed
+
+        def completions(out, ids, seed, latency):
+            return [Completion(list(c.token_ids), *flat_to_arrays(c.logprobs, g.top_k), c.finish_reason,
+                               None if seed is None else seed + c.index, latency)
+                    for c in sorted(out.outputs, key=lambda c: c.index)]
+
+        yield from self._drive(todo, request, completions)
+
+    def score(self, todo: Iterable[tuple[dict, str, list[int], list[int]]]) -> Iterator[tuple[dict, str, list[int], list]]:
+        """Teacher forcing: (prompt, text, prompt ids, completion ids) -> the teacher's logprobs at
+        every completion token, from one request of prompt + completion with max_tokens=1 and
+        prompt_logprobs=k. Nothing is sampled."""
+        from vllm import SamplingParams
+
+        g = self.cfg.generate
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=g.top_k, flat_logprobs=True,
+                                detokenize=False)
+        params.output_kind = self.sampling_params(None).output_kind
+
+        def request(prompt, ids_and_completion):
+            ids, completion = ids_and_completion
+            return ids + completion, params, None
+
+        def completions(out, ids_and_completion, seed, latency):
+            ids, completion = ids_and_completion
+            sampled, top_ids, top_lp = flat_to_arrays(out.prompt_logprobs, g.top_k, first=len(ids))
+            return [Completion(completion, sampled, top_ids, top_lp, "scored", None, latency)]
+
+        items = ((p, text, (ids, completion)) for p, text, ids, completion in todo)
+        for prompt, text, (ids, _), done in self._drive(items, request, completions):
+            yield prompt, text, ids, done
+
+    def _drive(self, todo, request, completions):
+        """Feed the engine at most max_in_flight prompts; yield (prompt, text, payload, completions)
+        as requests finish. `request(prompt, payload)` -> (token ids, params, seed);
+        `completions(output, payload, seed, latency)` -> [Completion]."""
+        from vllm.inputs import TokensPrompt
 
         g = self.cfg.generate
         pending = iter(todo)
@@ -103,26 +152,17 @@ class VLLMTeacher:
                 if item is None:
                     exhausted = True
                     break
-                prompt, text, ids = item
-                seed = prompt_seed(self.cfg.run.seed, prompt["prompt_id"], g.n) if g.per_request_seed else None
-                max_tokens = min(g.max_new_tokens, g.engine.max_model_len - len(ids))
-                params = self.sampling_params(seed)
-                params.max_tokens = max_tokens
-                self.engine.add_request(prompt["prompt_id"], TokensPrompt(prompt_token_ids=ids), params)
-                in_flight[prompt["prompt_id"]] = (prompt, text, ids, seed, time.time())
+                prompt, text, payload = item
+                token_ids, params, seed = request(prompt, payload)
+                self.engine.add_request(prompt["prompt_id"], TokensPrompt(prompt_token_ids=token_ids), params)
+                in_flight[prompt["prompt_id"]] = (prompt, text, payload, seed, time.time())
             if not in_flight:
                 return
             for out in self.engine.step():
                 if not out.finished:
                     continue
-                prompt, text, ids, seed, t0 = in_flight.pop(out.request_id)
-                latency = time.time() - t0
-                completions = []
-                for c in sorted(out.outputs, key=lambda c: c.index):
-                    sampled, top_ids, top_lp = flat_to_arrays(c.logprobs, g.top_k)
-                    completions.append(Completion(list(c.token_ids), sampled, top_ids, top_lp, c.finish_reason,
-                                                  None if seed is None else seed + c.index, latency))
-                yield prompt, text, ids, completions
+                prompt, text, payload, seed, t0 = in_flight.pop(out.request_id)
+                yield prompt, text, payload, completions(out, payload, seed, time.time() - t0)
 
 
 class OpenAITeacher:

@@ -1,14 +1,16 @@
 """Stage `generate`: the teacher writes reasoning traces and, in the same pass, its top-k logprobs
 for every generated token (artifacts/<run>/generate/).
 
-    distill generate configs/quickstart.yaml [--shard i/N | --data-parallel N] [--dry-run]
+    distill generate configs/quickstart.yaml [--shard i/N | --data-parallel N] [--dry-run] [--score]
 
 Prompts are rendered once with the teacher's chat template and passed to vLLM as token ids. The
 engine is driven incrementally (at most `max_in_flight` prompts inside it), each finished request
 is turned into arrays at once, and every `shard_size` samples become one pair of Parquet files
 (generations + teacher_topk) written to temporary names and renamed. A rerun skips the samples
 already on disk, so a killed job redoes at most one shard's work; a rerun whose settings would
-change the outputs refuses to mix into the existing ones.
+change the outputs refuses to mix into the existing ones. With --score, nothing is sampled: the
+teacher's top-k is attached to completions that already exist (the prompts' `completion` column)
+by teacher forcing, written to the same tables.
 """
 from __future__ import annotations
 
@@ -36,22 +38,24 @@ from pipeline.schema import GENERATE_SKIPPED, GENERATIONS, PROMPTS, TEACHER_TOPK
 PART = re.compile(r"part-(\d+)of(\d+)-(\d+)\.parquet$")
 
 
-def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> dict | None:
+def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> dict | None:
     started = time.time()
     gen = cfg.generate
+    if score and gen.n != 1:
+        raise PipelineError(f"{cfg.file}: generate.n must be 1 with --score (each prompt has one given completion)")
     out = cfg.run_dir / "generate"
     teacher = manifest.read(cfg, "models")["models"]["teacher"]
     tokenizer = _tokenizer(teacher["path"])
     think_end_ids = _think_end_ids(tokenizer, gen.think_end)
 
     # Refuse to mix outputs of different settings into one run.
-    settings = output_settings(cfg, teacher)
+    settings = {**output_settings(cfg, teacher), "mode": "score" if score else "sample"}
     _check_settings(out / "settings.json", settings)
 
     # Prompts of this shard not yet on disk; rendered lazily, so memory holds ids only for the
     # prompts inside the engine.
     prompts = [p for p in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()
-               if p["split"] in gen.splits and _in_shard(p["prompt_id"], shard)]
+               if _wanted(p, gen, score) and _in_shard(p["prompt_id"], shard)]
     done = done_samples(out)
     pending = [p for p in prompts if not all(f"{p['prompt_id']}-{i}" in done for i in range(gen.n))]
     skipped: list[dict] = []
@@ -64,10 +68,13 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1)) -> dict | None:
         writer = ShardWriter(out, shard, gen.shard_size)
         from pipeline.engine import OpenAITeacher, VLLMTeacher
 
-        engine = OpenAITeacher(cfg) if gen.backend == "openai" else VLLMTeacher(teacher["path"], cfg)
+        if score and gen.backend != "vllm":
+            raise PipelineError(f"{cfg.file}: --score needs generate.backend: vllm (prompt logprobs)")
+        engine = OpenAITeacher(cfg) if gen.backend == "openai" else VLLMTeacher(teacher["path"], cfg, score=score)
+        rendered = _render(tokenizer, pending, gen, skipped, score)
         t0 = time.time()
         with _progress(total, len(done)) as bar:
-            for prompt, text, ids, completions in engine.generate(_render(tokenizer, pending, gen, skipped)):
+            for prompt, text, ids, completions in (engine.score(rendered) if score else engine.generate(rendered)):
                 for i, c in enumerate(completions):
                     gen_row, topk_row = sample_rows(prompt, text, ids, i, c, tokenizer, think_end_ids, teacher["path"])
                     writer.add(gen_row, topk_row)
@@ -136,15 +143,25 @@ def render(tokenizer, prompt: dict, system_prompt: bool) -> tuple[str, list[int]
     return text, tokenizer.encode(text, add_special_tokens=False)
 
 
-def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict]):
-    """Yield (prompt, text, ids) for the engine; a prompt too long for the context goes to `skipped`."""
+def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict], score: bool):
+    """Yield (prompt, text, ids) for the engine, or with `score` (prompt, text, ids, completion ids
+    ending in EOS); a prompt (plus completion) too long for the context goes to `skipped`."""
     for p in prompts:
         text, ids = render(tokenizer, p, gen.system_prompt)
-        if len(ids) + 1 > gen.engine.max_model_len:
+        completion = tokenizer.encode(p["completion"], add_special_tokens=False) + [tokenizer.eos_token_id] \
+            if score else []
+        need = len(ids) + (len(completion) if score else 1)
+        if need > gen.engine.max_model_len:
+            what = "prompt + completion" if score else "prompt"
             skipped.append({"prompt_id": p["prompt_id"], "prompt_tokens": len(ids),
-                            "reason": f"prompt is {len(ids)} tokens; max_model_len is {gen.engine.max_model_len}"})
+                            "reason": f"{what} is {need} tokens; max_model_len is {gen.engine.max_model_len}"})
             continue
-        yield p, text, ids
+        yield (p, text, ids, completion) if score else (p, text, ids)
+
+
+def _wanted(prompt: dict, gen, score: bool) -> bool:
+    """Sampling covers the configured splits; scoring covers the prompts that carry a completion."""
+    return prompt["split"] in gen.splits and (prompt["completion"] is not None or not score)
 
 
 def _think_end_ids(tokenizer, think_end: str) -> list[int]:
@@ -284,7 +301,7 @@ def _finish_if_complete(cfg: Config, started: float, settings: dict, stats: dict
     skipped = set()
     for p in out.glob("skipped-*.parquet"):
         skipped.update(pq.read_table(p, columns=["prompt_id"]).column(0).to_pylist())
-    expected = {f"{p['prompt_id']}-{i}" for p in prompts if p["split"] in gen.splits
+    expected = {f"{p['prompt_id']}-{i}" for p in prompts if _wanted(p, gen, settings["mode"] == "score")
                 and p["prompt_id"] not in skipped for i in range(gen.n)}
     done = done_samples(out)
     if not expected <= done:
@@ -307,7 +324,8 @@ def _finish_if_complete(cfg: Config, started: float, settings: dict, stats: dict
 # Data parallelism on one node, and the dry run.
 
 
-def run_data_parallel(cfg: Config, n: int, config_file: str, overrides: tuple[str, ...]) -> dict | None:
+def run_data_parallel(cfg: Config, n: int, config_file: str, overrides: tuple[str, ...],
+                      score: bool = False) -> dict | None:
     """N engine processes, shard i of N each, each writing its own parts. On GPUs each process gets
     tensor_parallel_size * pipeline_parallel_size devices of its own."""
     per = cfg.generate.engine.tensor_parallel_size * cfg.generate.engine.pipeline_parallel_size
@@ -318,6 +336,7 @@ def run_data_parallel(cfg: Config, n: int, config_file: str, overrides: tuple[st
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[i * per:(i + 1) * per])
         cmd = [sys.executable, "-m", "pipeline.cli", "generate", config_file, "--shard", f"{i}/{n}"]
+        cmd += ["--score"] if score else []
         for o in overrides:
             cmd += ["--set", o]
         procs.append(subprocess.Popen(cmd, env=env))

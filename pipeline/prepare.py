@@ -126,7 +126,8 @@ def _require_columns(spec: InputConfig, columns, every_mapped: bool) -> None:
     omit optional keys, which then read as null)."""
     needed = [spec.messages or spec.prompt]
     if every_mapped:
-        needed += [spec.system, spec.tools, spec.reference, spec.id, spec.source, spec.difficulty, spec.split_column]
+        needed += [spec.system, spec.tools, spec.reference, spec.id, spec.source, spec.difficulty, spec.split_column,
+                   spec.completion]
     for name in needed:
         if name and name not in columns:
             raise PipelineError(f"{spec.path}: missing column '{name}' (columns: {', '.join(map(str, columns))})")
@@ -234,6 +235,7 @@ def _to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
         "source_id": None if source_id is None else str(source_id),
         "difficulty": difficulty,
         "split": split,
+        "completion": (_string(row, spec.completion) or None) if spec.completion else None,
     }
 
 

@@ -64,6 +64,7 @@ PROMPTS = Table(
         Column("source_id", pa.string(), "the user's own id for the row, if the input has one", True),
         Column("difficulty", pa.int32(), "difficulty level, if known", True),
         Column("split", pa.string(), "train or eval"),
+        Column("completion", pa.string(), "an existing completion to score with `generate --score`, if given", True),
     ),
 )
 
@@ -96,7 +97,7 @@ GENERATIONS = Table(
         Column("completion_tokens", pa.int32(), "generated tokens, final EOS included"),
         Column("reasoning_tokens", pa.int32(), "tokens before the think-end token"),
         Column("answer_tokens", pa.int32(), "tokens after the think-end token"),
-        Column("finish_reason", pa.string(), "stop (EOS or stop token) or length (hit max_new_tokens)"),
+        Column("finish_reason", pa.string(), "stop (EOS or stop token), length (hit max_new_tokens) or scored (--score)"),
         Column("model", pa.string(), "teacher model path or name"),
         Column("seed", pa.int64(), "this sample's seed (prompt seed + sample_idx), or the engine seed", True),
         Column("latency_s", pa.float32(), "seconds from submission to the finished sample"),

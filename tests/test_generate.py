@@ -160,3 +160,42 @@ def test_topk_codec_error_bound():
     lp = -np.sort(-lp, axis=1)
     back = topk.decode(topk.encode(lp), 20)
     assert np.abs(back - lp).max() <= 0.01 + 1e-6
+
+
+def test_score_mode_matches_teacher_forcing_in_transformers(tiny_teacher_dir, tmp_path):
+    """--score on given completions: the stored top-k equals a float32 transformers forward pass."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [{"prompt": "Ava has 3 apples. How many?", "completion": "Ava has 3 apples. The answer is 3."},
+            {"prompt": "Ben has 5 books.", "completion": "He gives away 2 books, so 3 remain."}]
+    (tmp_path / "done.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = write_config(tmp_path / "s.yaml", f"""
+        run: {{name: s, artifacts_dir: {tmp_path / 'artifacts'}}}
+        models: {{teacher: {tiny_teacher_dir}, student_layers: [0], dtype: float32}}
+        prepare: {{inputs: [{{path: {tmp_path / 'done.jsonl'}, completion: completion}}]}}
+        generate: {{n: 1, top_k: 5, think_end: "", engine: {{max_model_len: 256, dtype: float32, enforce_eager: true}}}}
+        """)
+    _distill("models", cfg)
+    _distill("prepare", cfg)
+    _distill("generate", cfg, "--score")
+    run_dir = tmp_path / "artifacts/s"
+    gen = {r["sample_id"]: r for r in pq.read_table(run_dir / "generate/generations").to_pylist()}
+    tk = pq.read_table(run_dir / "generate/teacher_topk").to_pylist()
+    assert len(tk) == 2 and all(r["finish_reason"] == "scored" for r in gen.values())
+    tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir, dtype=torch.float32).eval()
+    for t in tk:
+        g = gen[t["sample_id"]]
+        ids = g["prompt_token_ids"] + t["token_ids"]
+        assert t["token_ids"][-1] == tok.eos_token_id
+        assert g["answer"] in [r["completion"] for r in rows]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        ref = logp[len(g["prompt_token_ids"]) - 1:-1]  # row j predicts completion token j
+        ref_top = torch.topk(ref, 5, dim=-1)
+        got = topk.decode(np.asarray(t["topk_logprobs_q"]), 5)
+        assert np.abs(got - ref_top.values.numpy()).max() <= 0.01 + 2e-3
+        sampled = topk.dequantize(np.asarray(t["token_logprobs_q"]))
+        want = ref.gather(1, torch.tensor(t["token_ids"])[:, None])[:, 0].numpy()
+        assert np.abs(sampled - want).max() <= 0.01 + 2e-3
