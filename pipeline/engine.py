@@ -80,7 +80,8 @@ class VLLMTeacher:
             try:
                 llm = LLM(model=model_path, **{**engine_args(cfg), **extra})
             except (ValueError, TypeError) as e:
-                raise PipelineError(f"vLLM refused the engine arguments: {str(e).splitlines()[0]}") from None
+                detail = " ".join(str(e).split())[:400]  # pydantic puts the useful part on later lines
+                raise PipelineError(f"vLLM refused the engine arguments: {detail}") from None
         self.llm = llm
         self.engine = llm.llm_engine
 
