@@ -44,7 +44,7 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
     if score and gen.n != 1:
         raise PipelineError(f"{cfg.file}: generate.n must be 1 with --score (each prompt has one given completion)")
     out = cfg.run_dir / "generate"
-    teacher = manifest.read(cfg, "models")["models"]["teacher"]
+    teacher = manifest.require(cfg, "models")["models"]["teacher"]
     tokenizer = _tokenizer(teacher["path"])
     think_end_ids = _think_end_ids(tokenizer, gen.think_end)
 

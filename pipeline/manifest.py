@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import Config, section_hash
+from pipeline.errors import PipelineError
 from pipeline.files import write_json
 
 # What each stage reads: its config sections and the stages whose outputs it consumes.
@@ -34,6 +35,14 @@ def path(cfg: Config, stage: str) -> Path:
 def read(cfg: Config, stage: str) -> dict | None:
     p = path(cfg, stage)
     return json.loads(p.read_text()) if p.is_file() else None
+
+
+def require(cfg: Config, stage: str) -> dict:
+    """The manifest of an upstream stage, or a one-line error saying which command produces it."""
+    m = read(cfg, stage)
+    if m is None:
+        raise PipelineError(f"{path(cfg, stage)}: missing; run `distill {stage} {cfg.file}` first")
+    return m
 
 
 def cache_key(cfg: Config, stage: str) -> str:

@@ -199,3 +199,19 @@ def test_score_mode_matches_teacher_forcing_in_transformers(tiny_teacher_dir, tm
         sampled = topk.dequantize(np.asarray(t["token_logprobs_q"]))
         want = ref.gather(1, torch.tensor(t["token_ids"])[:, None])[:, 0].numpy()
         assert np.abs(sampled - want).max() <= 0.01 + 2e-3
+
+
+def test_generate_before_models_is_one_line_error(tmp_path):
+    cfg = write_config(tmp_path / "m.yaml", f"run: {{name: m, artifacts_dir: {tmp_path}}}\n")
+    result = CliRunner().invoke(main, ["generate", str(cfg)])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1
+    assert "models/manifest.json: missing; run `distill models" in result.output
+
+
+def test_missing_teacher_directory_is_one_line_error(tmp_path):
+    cfg = write_config(tmp_path / "t.yaml", f"""
+        run: {{name: t, artifacts_dir: {tmp_path}}}
+        models: {{teacher: {tmp_path / 'no-such-model'}}}
+        """)
+    result = CliRunner().invoke(main, ["models", str(cfg)])
+    assert result.exit_code == 1 and "no-such-model: no such model directory" in result.output
