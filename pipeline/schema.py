@@ -107,14 +107,16 @@ GENERATIONS = Table(
 TEACHER_TOPK = Table(
     "teacher_topk",
     "The teacher's distribution at every generated token, one row per sample (generate/teacher_topk/part-*.parquet); "
-    "joined to generations by sample_id. Decode with pipeline.topk.decode.",
+    "joined to generations by sample_id. Encoded compactly: decode with pipeline.topk.decode and the file's id order.",
     (
         Column("sample_id", pa.string(), "the sample (generations.sample_id)"),
         Column("k", pa.int16(), "candidates stored per position"),
-        Column("token_ids", pa.list_(pa.int32()), "the sampled completion ids, final EOS included (P positions)"),
-        Column("token_logprobs_q", pa.list_(pa.uint16()), "sampled tokens' raw logprobs, quantized: -q * step"),
-        Column("topk_ids", pa.list_(pa.int32()), "top-k candidate ids, P x k flattened, best first"),
-        Column("topk_logprobs_q", pa.list_(pa.uint16()), "top-k raw logprobs, quantized and delta-coded along k"),
+        Column("token_ids", pa.list_(pa.int32()), "the completion ids, final EOS included (P positions)"),
+        Column("token_logprobs_q", pa.list_(pa.uint16()),
+               "quantized logprobs of the sampled tokens that are not in the top k (the others are in the top k)"),
+        Column("topk_ids", pa.binary(), "top-k ids as ranks in the file's id order, P x k, byte-planed"),
+        Column("topk_logprobs_q", pa.list_(pa.uint8()), "top-k logprobs quantized, gap-coded along k (P x k); 255 = escape"),
+        Column("topk_logprobs_big", pa.list_(pa.uint16()), "the escaped gaps (>= 255), in order"),
     ),
 )
 

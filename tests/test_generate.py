@@ -95,18 +95,20 @@ def test_resume_after_sigkill_gives_exactly_the_expected_samples(killed_and_resu
 def test_tables_are_consistent(killed_and_resumed):
     _, run_dir, _, _ = killed_and_resumed
     gen = pq.read_table(run_dir / "generate/generations").to_pylist()
-    tk = {r["sample_id"]: r for r in pq.read_table(run_dir / "generate/teacher_topk").to_pylist()}
+    tk = {}
+    for part in (run_dir / "generate/teacher_topk").glob("*.parquet"):
+        table, order = topk.read_part(part)
+        tk.update({r["sample_id"]: topk.decode(r, order) for r in table.to_pylist()})
     GENERATIONS.validate(pq.read_schema(next((run_dir / "generate/generations").glob("*.parquet"))), "g")
     TEACHER_TOPK.validate(pq.read_schema(next((run_dir / "generate/teacher_topk").glob("*.parquet"))), "t")
     assert set(tk) == {r["sample_id"] for r in gen}
     seeds = [r["seed"] for r in gen]
     assert len(set(seeds)) == len(seeds), "per-sample seeds never collide"
     for r in gen:
-        t = tk[r["sample_id"]]
-        P = len(t["token_ids"])
-        assert P == r["completion_tokens"] and len(t["topk_ids"]) == P * t["k"] == len(t["topk_logprobs_q"])
-        lp = topk.decode(np.asarray(t["topk_logprobs_q"]), t["k"])
-        assert (np.diff(lp, axis=1) <= 0).all() and (lp <= 0).all()
+        token_ids, sampled, ids, lp = tk[r["sample_id"]]
+        assert len(token_ids) == r["completion_tokens"] == ids.shape[0] == lp.shape[0] and ids.shape[1] == 5
+        assert (np.diff(lp, axis=1) <= 0).all() and (lp <= 0).all() and (sampled <= 0).all()
+        assert token_ids[-1] == 2 or r["finish_reason"] == "length"  # <|im_end|> ends a stopped sample
         assert r["finish_reason"] in ("stop", "length")
         assert r["prompt_token_ids"][:1] == [1]  # the template's <|im_start|>, once: no double BOS
     skipped = pq.read_table(run_dir / "generate/skipped-000of001.parquet").to_pylist()
@@ -153,13 +155,32 @@ def test_split_reasoning_on_token_ids():
     assert r.size == 0 and a.tolist() == toks.tolist()
 
 
-def test_topk_codec_error_bound():
+@pytest.mark.parametrize("vocab", [50_000, 150_000])
+def test_topk_codec_roundtrip_and_error_bound(tmp_path, vocab):
+    """Exact ids (2 or 3 byte planes), logprobs within 0.01 (big gaps escaped), sampled logprobs
+    recovered from the top k or from their own column."""
+    from pipeline.schema import TEACHER_TOPK
     rng = np.random.default_rng(0)
-    lp = -np.sort(rng.exponential(3.0, size=(500, 20)), axis=1).astype(np.float32)
-    lp[:, 0] = -rng.exponential(0.3, size=500)
-    lp = -np.sort(-lp, axis=1)
-    back = topk.decode(topk.encode(lp), 20)
-    assert np.abs(back - lp).max() <= 0.01 + 1e-6
+    rows = []
+    for s in range(3):
+        P, k = 200, 20
+        lp = -np.sort(rng.exponential(2.0, size=(P, k)), axis=1).astype(np.float32)
+        lp[:, 5] -= 30  # gaps above 255 steps take the escape path
+        lp = -np.sort(-lp, axis=1)
+        ids = np.stack([rng.choice(vocab, k, replace=False) for _ in range(P)])
+        tokens = np.where(rng.random(P) < 0.7, ids[:, 0], rng.integers(0, vocab, P))
+        sampled = np.where(tokens == ids[:, 0], lp[:, 0], -rng.exponential(5.0, P)).astype(np.float32)
+        rows.append({"sample_id": f"s{s}", "token_ids": tokens, "token_logprobs": sampled, "topk_ids": ids,
+                     "topk_logprobs": lp})
+    topk.write_part(rows, tmp_path / "p.parquet", TEACHER_TOPK.arrow_schema)
+    table, order = topk.read_part(tmp_path / "p.parquet")
+    TEACHER_TOPK.validate(table.schema, "p")
+    for row, want in zip(table.to_pylist(), rows):
+        tokens, sampled, ids, lp = topk.decode(row, order)
+        assert (ids == want["topk_ids"]).all() and (tokens == want["token_ids"]).all()
+        in_topk = (want["topk_ids"] == want["token_ids"][:, None]).any(1)
+        assert np.abs(lp - want["topk_logprobs"]).max() <= 0.01 + 1e-5
+        assert np.abs(sampled - want["token_logprobs"])[~in_topk].max() <= 0.01 + 1e-5
 
 
 def test_score_mode_matches_teacher_forcing_in_transformers(tiny_teacher_dir, tmp_path):
@@ -181,23 +202,24 @@ def test_score_mode_matches_teacher_forcing_in_transformers(tiny_teacher_dir, tm
     _distill("generate", cfg, "--score")
     run_dir = tmp_path / "artifacts/s"
     gen = {r["sample_id"]: r for r in pq.read_table(run_dir / "generate/generations").to_pylist()}
-    tk = pq.read_table(run_dir / "generate/teacher_topk").to_pylist()
+    tk = []
+    for part in (run_dir / "generate/teacher_topk").glob("*.parquet"):
+        table, order = topk.read_part(part)
+        tk += [(r["sample_id"], *topk.decode(r, order)) for r in table.to_pylist()]
     assert len(tk) == 2 and all(r["finish_reason"] == "scored" for r in gen.values())
     tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir, dtype=torch.float32).eval()
-    for t in tk:
-        g = gen[t["sample_id"]]
-        ids = g["prompt_token_ids"] + t["token_ids"]
-        assert t["token_ids"][-1] == tok.eos_token_id
+    for sample_id, token_ids, sampled, top_ids, got in tk:
+        g = gen[sample_id]
+        ids = g["prompt_token_ids"] + token_ids.tolist()
+        assert token_ids[-1] == tok.eos_token_id
         assert g["answer"] in [r["completion"] for r in rows]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
         ref = logp[len(g["prompt_token_ids"]) - 1:-1]  # row j predicts completion token j
         ref_top = torch.topk(ref, 5, dim=-1)
-        got = topk.decode(np.asarray(t["topk_logprobs_q"]), 5)
         assert np.abs(got - ref_top.values.numpy()).max() <= 0.01 + 2e-3
-        sampled = topk.dequantize(np.asarray(t["token_logprobs_q"]))
-        want = ref.gather(1, torch.tensor(t["token_ids"])[:, None])[:, 0].numpy()
+        want = ref.gather(1, torch.tensor(token_ids)[:, None])[:, 0].numpy()
         assert np.abs(sampled - want).max() <= 0.01 + 2e-3
 
 
