@@ -50,15 +50,11 @@ def unpack_order(blob: bytes) -> np.ndarray:
 
 
 def encode(token_ids: np.ndarray, token_logprobs: np.ndarray, topk_ids: np.ndarray, topk_logprobs: np.ndarray,
-           order: np.ndarray) -> dict:
-    """One sample ([P] sampled ids and logprobs, [P, k] top-k) -> the teacher_topk columns."""
-    P, k = topk_ids.shape
-    lookup = np.full(int(max(order.max(), topk_ids.max())) + 1, -1, dtype=np.int64)
-    lookup[order] = np.arange(len(order))
-    ranks = lookup[topk_ids.ravel()]
-    if (ranks < 0).any():
-        raise ValueError("a top-k id is missing from the shard's id order")
-    planes = 2 if len(order) <= 1 << 16 else 3
+           rank_of: np.ndarray, planes: int) -> dict:
+    """One sample ([P] sampled ids and logprobs, [P, k] top-k) -> the teacher_topk columns.
+    `rank_of[id]` is the id's rank in the shard's id order; `planes` bytes hold each rank."""
+    k = topk_ids.shape[1]
+    ranks = rank_of[topk_ids.ravel()]
     blob = np.stack([(ranks >> (8 * b)) & 0xFF for b in reversed(range(planes))]).astype(np.uint8).tobytes()
     q = np.maximum.accumulate(quantize(topk_logprobs).astype(np.int64), axis=1)  # float ties may round out of order
     gaps = np.diff(q, axis=1, prepend=0).ravel()
@@ -100,8 +96,11 @@ def write_part(rows: list[dict], path: Path, schema: pa.Schema) -> None:
     """Encode one shard's samples (raw arrays: sample_id, token_ids, token_logprobs, topk_ids,
     topk_logprobs) with the shard's id order, and write them to `path` (the caller renames)."""
     order = id_order([r["topk_ids"] for r in rows])
+    rank_of = np.zeros(int(order.max()) + 1, dtype=np.int64)
+    rank_of[order] = np.arange(len(order))
+    planes = 2 if len(order) <= 1 << 16 else 3
     encoded = [{"sample_id": r["sample_id"], **encode(r["token_ids"], r["token_logprobs"], r["topk_ids"],
-                                                      r["topk_logprobs"], order)} for r in rows]
+                                                      r["topk_logprobs"], rank_of, planes)} for r in rows]
     table = pa.Table.from_pylist(encoded, schema=schema).replace_schema_metadata({ORDER_KEY: pack_order(order)})
     pq.write_table(table, path, compression="zstd", compression_level=9)
 
