@@ -251,19 +251,19 @@ class ShardWriter:
 
 
 def _next_seq(out: Path, shard: tuple[int, int]) -> int:
-    """Next part number for this shard; a teacher_topk part with no generations part is an orphan
-    of a killed write and is removed (generations is written last, so it marks a complete part)."""
-    seqs = [int(m[3]) for p in (out / "generations").glob("part-*.parquet")
-            if (m := PART.search(p.name)) and (int(m[1]), int(m[2])) == shard]
-    nxt = max(seqs, default=-1) + 1
-    for p in (out / "teacher_topk").glob("part-*.parquet"):
+    """Next part number for this shard. A teacher_topk part of this shard with no generations part
+    is an orphan of a killed write (generations is written last) and is removed, as are this
+    shard's stale temporary files; other shards' files are left alone, since their jobs may be
+    writing right now."""
+    prefix = f"part-{shard[0]:03d}of{shard[1]:03d}-"
+    seqs = [int(m[3]) for p in (out / "generations").glob(f"{prefix}*.parquet") if (m := PART.search(p.name))]
+    for p in (out / "teacher_topk").glob(f"{prefix}*.parquet"):
         if not (out / "generations" / p.name).exists():
             p.unlink()
     for d in ("generations", "teacher_topk"):
-        for p in (out / d).glob(f"*{TMP_SUFFIX}"):
-            if f".{os.getpid()}." not in p.name:
-                p.unlink(missing_ok=True)
-    return nxt
+        for p in (out / d).glob(f".{prefix}*{TMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
+    return max(seqs, default=-1) + 1
 
 
 def done_samples(out: Path) -> set[str]:
