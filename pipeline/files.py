@@ -41,13 +41,18 @@ def write_table(spec: Table, table: pa.Table, path: str | Path, **parquet_option
         pq.write_table(table.select(spec.names), tmp, compression="zstd", **parquet_options)
 
 
+def open_parquet(path: str | Path) -> pq.ParquetFile:
+    """A Parquet file, or a one-line error naming it when it is corrupt or not Parquet at all."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise PipelineError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+
 def read_table(spec: Table, path: str | Path) -> pa.Table:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: missing (has the stage that writes it run?)")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise PipelineError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    table = open_parquet(path).read()
     spec.validate(table.schema, str(path))
     return table

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Iterator
 
 import click
-import pyarrow.parquet as pq
 
 from pipeline import arithmetic, manifest
 from pipeline.config import Config, InputConfig
 from pipeline.errors import PipelineError
-from pipeline.files import write_table
+from pipeline.files import open_parquet, write_table
 from pipeline.schema import PREPARE_REJECTS, PROMPTS
 
 
@@ -164,10 +163,7 @@ def _read_csv(spec: InputConfig):
 
 
 def _read_parquet(spec: InputConfig):
-    try:
-        f = pq.ParquetFile(spec.path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise PipelineError(f"{spec.path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    f = open_parquet(spec.path)
     line = 0
     for batch in f.iter_batches(batch_size=8192):
         for row in batch.to_pylist():

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline import config, generate, topk
+from pipeline import generate, topk
 from pipeline.cli import main
 from pipeline.schema import GENERATIONS, TEACHER_TOPK
 from tests.conftest import write_config

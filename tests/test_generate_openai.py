@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import topk
 from tests.conftest import write_config
-from tests.test_generate import ROOT, _distill
+from tests.test_generate import _distill
 
 
 def _free_port() -> int:
