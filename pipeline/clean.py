@@ -1,0 +1,313 @@
+"""Stage `clean`: filter, verify and deduplicate the teacher's traces with DuckDB SQL
+(artifacts/<run>/clean/).
+
+    distill clean configs/quickstart.yaml
+
+Every rule is a file sql/<rule>.sql: one SELECT of named CTEs over the view `candidates` (the
+samples no earlier rule dropped) returning the `sample_id`s it drops. `clean.rules` lists the
+rules that run, in order; parameters reach the SQL as DuckDB variables (getvariable('max_tokens')),
+one per scalar field of the `clean` section plus `seed`, `teacher_reasons`, `lsh_bands`, `lsh_rows`.
+Only the text columns of the generation shards are read; the top-k sidecar never enters.
+
+Two inputs are computed in Python because they need it: `verdicts` (answers checked against the
+reference with math-verify, before the rules) and `minhash` (shingle signatures, built over the
+current candidates just before a rule that mentions it). Outputs: clean.parquet (the selection),
+rejects.parquet (the first rule that dropped each sample), verdicts.parquet, and the funnel in
+the manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from pipeline import manifest
+from pipeline.config import CleanConfig, Config
+from pipeline.errors import PipelineError
+from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, read_table
+from pipeline.schema import CLEAN, CLEAN_REJECTS, GENERATIONS, PROMPTS, VERDICTS
+from pipeline.scoring import extract, is_correct
+
+# Generation columns the rules may read: text and metadata, never token ids.
+SAMPLE_COLUMNS = ("sample_id", "prompt_id", "sample_idx", "split", "reasoning", "answer", "reasoning_closed",
+                  "think_end_count", "completion_tokens", "finish_reason")
+
+
+def run(cfg: Config) -> dict:
+    started = time.time()
+    gen = manifest.require(cfg, "generate")
+    out = cfg.run_dir / "clean"
+    files = generation_files(cfg.run_dir / "generate" / "generations")
+    prompts = cfg.run_dir / "prepare" / "prompts.parquet"
+    read_table(PROMPTS, prompts)  # schema check with the file named
+    if not files:
+        click.secho(f"warning: {cfg.run_dir / 'generate/generations'}: no shards; the clean selection is empty",
+                    fg="yellow", err=True)
+
+    with connect(cfg.clean, out) as con:
+        set_variables(con, cfg, teacher_reasons=bool(gen["config"]["generate"]["think_end"]))
+        n = load_samples(con, files, prompts)
+        load_eval_texts(con, prompts, cfg.clean.decontam_files)
+        verify(con)
+        funnel = apply_rules(con, cfg.clean)
+        counts = {"samples": n, "kept": funnel[-1]["rows_out"] if funnel else n}
+        export(con, "clean", Path(cfg.clean.sql_dir) / "clean.sql", out / "clean.parquet", CLEAN)
+        export(con, "rejects", None, out / "rejects.parquet", CLEAN_REJECTS)
+        export(con, "verdicts", None, out / "verdicts.parquet", VERDICTS)
+
+    m = manifest.write(cfg, "clean", started, counts, funnel=funnel)
+    click.echo(f"clean: kept {counts['kept']} of {n} samples -> {out / 'clean.parquet'}")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def generation_files(directory: Path) -> list[Path]:
+    """The finished generation shards, each checked against the schema with its name in the error."""
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.endswith(TMP_SUFFIX))
+    for f in files:
+        GENERATIONS.validate(open_parquet(f).schema_arrow, str(f))
+    return files
+
+
+@contextmanager
+def connect(c: CleanConfig, out: Path):
+    """A DuckDB database in a scratch directory: tables are compressed and spill to disk beyond
+    memory_limit, so a run larger than RAM completes instead of failing."""
+    scratch = Path(c.temp_dir) if c.temp_dir else out / "duckdb.tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(dir=scratch))
+    con = duckdb.connect(str(workdir / "clean.duckdb"))
+    try:
+        con.execute(f"SET memory_limit = '{c.memory_limit}'")
+        con.execute(f"SET temp_directory = '{workdir / 'spill'}'")
+        con.execute("SET preserve_insertion_order = false")
+        if c.threads:
+            con.execute(f"SET threads = {c.threads}")
+        yield con
+    except duckdb.OutOfMemoryException as e:
+        raise PipelineError(f"DuckDB ran out of memory at clean.memory_limit={c.memory_limit}: {_first_line(e)}") from None
+    finally:
+        con.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def set_variables(con, cfg: Config, teacher_reasons: bool) -> None:
+    c = cfg.clean
+    values = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if not isinstance(getattr(c, f.name), list)}
+    bands, rows = lsh_params(c.near_dup_threshold, c.near_dup_num_perm)
+    values.update(seed=cfg.run.seed, teacher_reasons=teacher_reasons, lsh_bands=bands, lsh_rows=rows)
+    for name, value in values.items():
+        con.execute(f"SET VARIABLE {name} = ?", [value])
+
+
+def load_samples(con, files: list[Path], prompts: Path) -> int:
+    """Table `samples`: generation text columns joined to their prompt's task, reference and text."""
+    cols = ", ".join(f"g.{c}" for c in SAMPLE_COLUMNS)
+    source = f"read_parquet({[str(f) for f in files]})" if files else _empty_generations()
+    con.execute(f"""
+        CREATE TABLE samples AS
+        SELECT {cols}, p.task, p.source, p.difficulty, p.reference,
+               array_to_string(list_transform(list_filter(p.messages, lambda m: m.role = 'user'), lambda m: m.content),
+                               chr(10)) AS prompt_text
+        FROM {source} g
+        LEFT JOIN read_parquet('{prompts}') p USING (prompt_id)""")
+    orphans = con.execute("SELECT count(*), any_value(prompt_id) FROM samples WHERE task IS NULL").fetchone()
+    if orphans[0]:
+        raise PipelineError(f"{prompts}: {orphans[0]} generations refer to prompts it does not hold "
+                            f"(e.g. {orphans[1]}); was prepare rerun after generate?")
+    con.execute("CREATE TABLE dropped (sample_id VARCHAR, rule VARCHAR, rule_order INTEGER)")
+    con.execute("""CREATE VIEW candidates AS
+                   SELECT s.* FROM samples s ANTI JOIN dropped d USING (sample_id)""")
+    return con.execute("SELECT count(*) FROM samples").fetchone()[0]
+
+
+def _empty_generations() -> str:
+    return "(SELECT " + ", ".join(f"NULL::{_duck_type(c)} AS {c}" for c in SAMPLE_COLUMNS) + " WHERE false)"
+
+
+def _duck_type(column: str) -> str:
+    t = GENERATIONS.arrow_schema.field(column).type
+    return {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN"}[t]
+
+
+def load_eval_texts(con, prompts: Path, extra: list[str]) -> None:
+    """Table `eval_texts(text)`: the run's eval prompts plus every configured eval file."""
+    con.execute(f"""CREATE TABLE eval_texts AS
+        SELECT array_to_string(list_transform(list_filter(messages, lambda m: m.role = 'user'), lambda m: m.content),
+                               chr(10)) AS text
+        FROM read_parquet('{prompts}') WHERE split = 'eval'""")
+    for f in extra:
+        reader = {".jsonl": "read_json_auto", ".json": "read_json_auto", ".csv": "read_csv_auto"}.get(
+            Path(f).suffix, "read_parquet")
+        if not Path(f).is_file():
+            raise PipelineError(f"clean.decontam_files: {f}: no such file")
+        try:
+            con.execute(f"INSERT INTO eval_texts SELECT prompt::VARCHAR FROM {reader}('{f}')")
+        except duckdb.Error as e:
+            raise PipelineError(f"{f}: cannot read a `prompt` column ({_first_line(e)})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer verification (Python: math-verify is a Python package)
+
+
+def verify(con, batch_rows: int = 20000) -> int:
+    """Table `verdicts(sample_id, extracted, correct)` for every sample whose prompt has a reference."""
+    query = con.cursor().sql("SELECT sample_id, task, reference, answer FROM samples WHERE reference IS NOT NULL")
+    ids, extracted, correct = [], [], []
+    for batch in query.to_arrow_reader(batch_rows):
+        for sid, task, ref, answer in zip(*(batch.column(i).to_pylist() for i in range(4))):
+            got = extract(answer, task)
+            ids.append(sid)
+            extracted.append(got)
+            correct.append(is_correct(got, ref, task))
+    verdicts = VERDICTS.from_pylist([]) if not ids else pa.table(
+        {"sample_id": ids, "extracted": pa.array(extracted, pa.string()), "correct": correct},
+        schema=VERDICTS.arrow_schema)
+    con.register("verdicts_arrow", verdicts)
+    con.execute("CREATE TABLE verdicts AS SELECT * FROM verdicts_arrow")
+    con.unregister("verdicts_arrow")
+    return len(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Near-duplicate signatures (numpy: one multiply-shift hash family over DuckDB's shingle hashes)
+
+
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) with bands*rows = num_perm whose S-curve midpoint (1/b)^(1/r) is the highest
+    below threshold - 0.05: pairs at the threshold are found with high probability, and the
+    signature's Jaccard estimate removes the false candidates."""
+    options = [(num_perm // r, r) for r in range(1, num_perm + 1) if num_perm % r == 0]
+    below = [(b, r) for b, r in options if (1 / b) ** (1 / r) <= threshold - 0.05]
+    return max(below, key=lambda br: (1 / br[0]) ** (1 / br[1])) if below else options[-1]
+
+
+def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 1024) -> int:
+    """Table `minhash(sample_id, sig UINTEGER[])` over the current candidates: word shingles of the
+    prompt and completion, hashed in DuckDB, minimized under num_perm hash functions in numpy."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**63, size=c.near_dup_num_perm, dtype=np.uint64) | np.uint64(1)  # odd multipliers
+    b = rng.integers(0, 2**63, size=c.near_dup_num_perm, dtype=np.uint64)
+    k = c.near_dup_shingle
+    query = con.cursor().sql(f"""
+        SELECT sample_id,
+               list_transform(range(1, greatest(len(w) - {k} + 2, 2)),
+                              lambda i: hash(array_to_string(w[i:i + {k} - 1], ' '))) AS h
+        FROM (SELECT sample_id,
+                     string_split_regex(trim(lower(prompt_text || ' ' || reasoning || ' ' || answer)), '\\s+') AS w
+              FROM candidates)""")
+    con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
+    rows = 0
+    for batch in query.to_arrow_reader(batch_rows):
+        hashes = batch.column("h")
+        flat = hashes.flatten().to_numpy()
+        offsets = hashes.offsets.to_numpy()
+        sig = np.empty((len(batch), len(a)), dtype=np.uint32)
+        with np.errstate(over="ignore"):  # multiply-shift hashing wraps around 2**64 on purpose
+            for j in range(0, len(a), 16):
+                mixed = (flat[:, None] * a[None, j:j + 16] + b[None, j:j + 16]) >> np.uint64(32)
+                sig[:, j:j + 16] = np.minimum.reduceat(mixed, offsets[:-1], axis=0)
+        table = pa.table({"sample_id": batch.column("sample_id"),
+                          "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), len(a))})
+        con.register("minhash_batch", table)
+        con.execute("INSERT INTO minhash SELECT * FROM minhash_batch")
+        con.unregister("minhash_batch")
+        rows += len(batch)
+    return rows
+
+
+# Tables computed in Python just before a rule whose SQL mentions them.
+PYTHON_TABLES = {"minhash": build_minhash}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+
+
+def rule_sql(sql_dir: Path, rule: str) -> tuple[Path, str]:
+    path = sql_dir / f"{rule}.sql"
+    if not path.is_file():
+        raise PipelineError(f"clean.rules: {rule}: no rule file {path}")
+    return path, path.read_text(encoding="utf-8")
+
+
+def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dict]:
+    """Run each rule over the current candidates, recording what it drops; returns the funnel."""
+    rules = c.rules if rules is None else rules
+    funnel = []
+    rows_in = con.execute("SELECT count(*) FROM candidates").fetchone()[0]
+    seed = con.execute("SELECT getvariable('seed')").fetchone()[0]
+    click.echo(f"clean funnel: {'rule':20s} {'in':>9s} {'dropped':>9s} {'out':>9s}")
+    for order, rule in enumerate(rules):
+        path, sql = rule_sql(Path(c.sql_dir), rule)
+        t = time.time()
+        for name, build in PYTHON_TABLES.items():
+            if re.search(rf"\b{name}\b", _strip_comments(sql)):
+                build(con, c, seed)
+        define_view(con, rule, path, sql)
+        try:
+            con.execute(f"INSERT INTO dropped SELECT DISTINCT sample_id, '{rule}', {order} FROM {rule}")
+        except duckdb.Error as e:
+            raise PipelineError(f"{path}: {_first_line(e)}") from None
+        dropped = con.execute("SELECT count(*) FROM dropped WHERE rule_order = ?", [order]).fetchone()[0]
+        funnel.append({"rule": rule, "rows_in": rows_in, "dropped": dropped, "rows_out": rows_in - dropped,
+                       "seconds": round(time.time() - t, 3)})
+        click.echo(f"{'':14s}{rule:20s} {rows_in:>9,} {dropped:>9,} {rows_in - dropped:>9,}  ({time.time() - t:.1f}s)")
+        rows_in -= dropped
+    return funnel
+
+
+def define_view(con, name: str, path: Path, sql: str) -> None:
+    """CREATE VIEW name AS <the file>: the file's text starts line 1, so DuckDB's LINE n is the file's."""
+    body = sql.strip().rstrip(";")
+    if ";" in _strip_comments(body):
+        raise PipelineError(f"{path}: must be a single SELECT (found ';' inside)")
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
+        cols = [d[0] for d in con.execute(f"SELECT * FROM {name} LIMIT 0").description]
+    except duckdb.Error as e:
+        raise PipelineError(f"{path}: {_first_line(e)}{_position(e)}") from None
+    if "sample_id" not in cols:
+        raise PipelineError(f"{path}: the rule must select a sample_id column (it selects {', '.join(cols)})")
+
+
+def _strip_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0]
+
+
+def _position(e: Exception) -> str:
+    m = re.search(r"LINE (\d+):", str(e))
+    return f" (line {m.group(1)})" if m else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def export(con, name: str, sql_file: Path | None, path: Path, spec) -> None:
+    """COPY a view (defined from sql_file when given) or table to Parquet, atomically."""
+    if sql_file is not None:
+        define_view(con, name, sql_file, sql_file.read_text(encoding="utf-8"))
+    query = {"rejects": "SELECT d.sample_id, s.prompt_id, s.split, d.rule FROM dropped d JOIN samples s "
+                        "USING (sample_id) ORDER BY d.rule_order, d.sample_id"}.get(name, f"SELECT * FROM {name}")
+    with atomic_path(path) as tmp:
+        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        spec.validate(open_parquet(tmp).schema_arrow, f"{sql_file or name}: output")
+

@@ -1,0 +1,6 @@
+-- empty_answer: drops samples whose answer (the text after the reasoning) is blank.
+WITH answers AS (
+    SELECT sample_id, trim(answer) AS answer
+    FROM candidates
+)
+SELECT sample_id FROM answers WHERE answer = ''

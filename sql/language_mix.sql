@@ -1,0 +1,41 @@
+-- language_mix: drops samples whose completion switches script: more than $max_script_mix of
+-- its letters are outside the prompt's dominant script (DeepSeek-R1 drifting into Chinese on an
+-- English prompt, or the reverse). Digits, punctuation and symbols do not count.
+WITH prompt_letters AS (
+    SELECT DISTINCT
+        prompt_id,
+        length(regexp_replace(prompt_text, '[^\p{Latin}]', '', 'g')) AS latin,
+        length(regexp_replace(prompt_text, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]', '', 'g')) AS cjk,
+        length(regexp_replace(prompt_text, '[^\p{Cyrillic}]', '', 'g')) AS cyrillic,
+        length(regexp_replace(prompt_text, '[^\p{Arabic}]', '', 'g')) AS arabic
+    FROM candidates
+),
+prompt_script AS (
+    SELECT
+        prompt_id,
+        CASE greatest(latin, cjk, cyrillic, arabic)
+            WHEN 0 THEN 'none' WHEN latin THEN 'latin' WHEN cjk THEN 'cjk'
+            WHEN cyrillic THEN 'cyrillic' ELSE 'arabic' END AS script
+    FROM prompt_letters
+),
+completion_letters AS (
+    SELECT
+        c.sample_id,
+        p.script,
+        c.reasoning || c.answer AS t,
+        strlen(t) = length(t) AS ascii,
+        -- pure ASCII text: every letter is Latin, no regex needed
+        CASE WHEN ascii THEN length(regexp_replace(t, '[^A-Za-z]', '', 'g'))
+             ELSE length(regexp_replace(t, '[^\p{L}]', '', 'g')) END AS letters,
+        CASE WHEN ascii THEN (CASE WHEN p.script = 'latin' THEN letters ELSE 0 END)
+             WHEN p.script = 'latin' THEN length(regexp_replace(t, '[^\p{Latin}]', '', 'g'))
+             WHEN p.script = 'cjk' THEN length(regexp_replace(t, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]', '', 'g'))
+             WHEN p.script = 'cyrillic' THEN length(regexp_replace(t, '[^\p{Cyrillic}]', '', 'g'))
+             WHEN p.script = 'arabic' THEN length(regexp_replace(t, '[^\p{Arabic}]', '', 'g'))
+             ELSE letters END AS in_script
+    FROM candidates c
+    JOIN prompt_script p USING (prompt_id)
+)
+SELECT sample_id
+FROM completion_letters
+WHERE script <> 'none' AND letters > 0 AND 1 - in_script / letters > getvariable('max_script_mix')

@@ -1,0 +1,23 @@
+-- near_duplicate: drops a sample whose prompt and completion are near duplicates of an earlier
+-- sample's (by sample_id): MinHash signatures over word shingles (table minhash, built over the
+-- candidates just before this rule), LSH banding into $lsh_bands bands of $lsh_rows rows to
+-- find candidate pairs, then the signature's Jaccard estimate >= $near_dup_threshold.
+WITH bands AS (
+    SELECT sample_id, b, hash(sig[b * getvariable('lsh_rows') + 1:(b + 1) * getvariable('lsh_rows')]) AS h
+    FROM minhash, range(getvariable('lsh_bands')) AS t(b)
+),
+pairs AS (
+    SELECT DISTINCT x.sample_id AS first_id, y.sample_id AS later_id
+    FROM bands x
+    JOIN bands y ON x.b = y.b AND x.h = y.h AND x.sample_id < y.sample_id
+),
+estimated AS (
+    SELECT p.later_id,
+           list_sum(list_transform(list_zip(mx.sig, my.sig), lambda s: (s[1] = s[2])::INTEGER)) / len(mx.sig) AS jaccard
+    FROM pairs p
+    JOIN minhash mx ON mx.sample_id = p.first_id
+    JOIN minhash my ON my.sample_id = p.later_id
+)
+SELECT DISTINCT later_id AS sample_id
+FROM estimated
+WHERE jaccard >= getvariable('near_dup_threshold')
