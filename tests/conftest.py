@@ -8,6 +8,8 @@ float32 so that numbers compare exactly.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+ROOT = Path(__file__).parent.parent
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -72,3 +75,10 @@ def tiny_teacher_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
 def write_config(path: Path, body: str) -> Path:
     path.write_text(textwrap.dedent(body))
     return path
+
+
+def distill_cli(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    """`distill ARGS` in a fresh process from the repository root, as a user runs it."""
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=check, **kw)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pipeline import generate, topk
 from pipeline.cli import main
 from pipeline.schema import GENERATIONS, TEACHER_TOPK
-from tests.conftest import write_config
+from tests.conftest import distill_cli, write_config
 
 ROOT = Path(__file__).parent.parent
 LONG_PROMPT = "count " * 600  # longer than max_model_len: must be skipped, not crash
@@ -41,12 +41,6 @@ def _config(tmp_path, teacher, name="g", extra=""):
         """)
 
 
-def _distill(*args, check=True, **kw):
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=check, **kw)
-
-
 def _samples(run_dir):
     parts = sorted((run_dir / "generate/generations").glob("part-*.parquet"))
     return [s for p in parts for s in pq.read_table(p, columns=["sample_id"]).column(0).to_pylist()]
@@ -63,8 +57,8 @@ def killed_and_resumed(tiny_teacher_dir, tmp_path_factory):
     """A generation SIGKILLed once its first shard is on disk, then rerun to completion."""
     tmp = tmp_path_factory.mktemp("gen")
     cfg = _config(tmp, tiny_teacher_dir)
-    _distill("models", cfg)
-    _distill("prepare", cfg)
+    distill_cli("models", cfg)
+    distill_cli("prepare", cfg)
     run_dir = tmp / "artifacts/g"
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "generate", str(cfg)], cwd=ROOT, env=env,
@@ -75,7 +69,7 @@ def killed_and_resumed(tiny_teacher_dir, tmp_path_factory):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _samples(run_dir)
-    resumed = _distill("generate", cfg)
+    resumed = distill_cli("generate", cfg)
     return cfg, run_dir, before, resumed
 
 
@@ -125,9 +119,9 @@ def test_rerun_with_other_settings_refuses(killed_and_resumed):
 def test_data_parallel_matches_single_process(killed_and_resumed, tiny_teacher_dir):
     cfg, run_dir, _, _ = killed_and_resumed
     dp = _config(cfg.parent, tiny_teacher_dir, name="dp")
-    _distill("models", dp)
-    _distill("prepare", dp)
-    _distill("generate", dp, "--data-parallel", "2")
+    distill_cli("models", dp)
+    distill_cli("prepare", dp)
+    distill_cli("generate", dp, "--data-parallel", "2")
     dp_dir = cfg.parent / "artifacts/dp"
     names = {p.name[:14] for p in (dp_dir / "generate/generations").glob("part-*.parquet")}
     assert names == {"part-000of002-", "part-001of002-"}
@@ -197,9 +191,9 @@ def test_score_mode_matches_teacher_forcing_in_transformers(tiny_teacher_dir, tm
         prepare: {{inputs: [{{path: {tmp_path / 'done.jsonl'}, completion: completion}}]}}
         generate: {{n: 1, top_k: 5, think_end: "", engine: {{max_model_len: 256, dtype: float32, enforce_eager: true}}}}
         """)
-    _distill("models", cfg)
-    _distill("prepare", cfg)
-    _distill("generate", cfg, "--score")
+    distill_cli("models", cfg)
+    distill_cli("prepare", cfg)
+    distill_cli("generate", cfg, "--score")
     run_dir = tmp_path / "artifacts/s"
     gen = {r["sample_id"]: r for r in pq.read_table(run_dir / "generate/generations").to_pylist()}
     tk = []

@@ -1,0 +1,247 @@
+"""clean: each rule drops its planted defect and nothing else, the funnel accounts for every row,
+user rules plug in, bad input fails with the file named; distill sql over the run's tables."""
+import json
+import random
+import shutil
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import clean, manifest
+from pipeline import config as config_mod
+from pipeline.schema import GENERATIONS, PROMPTS
+from tests.conftest import ROOT, distill_cli, write_config
+
+GOOD = ("Each box holds {k} pens and there are {n} boxes, so I multiply the two counts together. "
+        "Checking once more by adding {k} to itself {n} times gives the same total, so the answer is "
+        "\\boxed{{{a}}}.")
+LOOP = "I need to add the numbers again. " * 40
+LINES = "\n".join(["Let me check."] * 12 + ["So the answer is \\boxed{6}."])
+VOCAB = ("count add take carry check write note sum total apples boxes pens left right first then next more less "
+         "group split share double half each every digit place value column row step result answer problem").split()
+LONG = " ".join(random.Random(0).choices(VOCAB, k=240))  # varied text: few repeated 4-grams
+
+
+def _prompt(pid, text, split="train", reference="6"):
+    return dict(prompt_id=pid, messages=[{"role": "user", "content": text}], tools=None, reference=reference,
+                task="math", source="test", source_id=None, difficulty=1, split=split, completion=None)
+
+
+def _sample(pid, idx, reasoning, answer="\\boxed{6}", split="train", finish="stop", closed=True, ends=1, tokens=40):
+    return dict(sample_id=f"{pid}-{idx}", prompt_id=pid, sample_idx=idx, split=split, prompt_text="p",
+                prompt_token_ids=[1, 2], reasoning=reasoning, answer=answer, reasoning_closed=closed,
+                think_end_count=ends, think_end_index=3 if closed else None, prompt_tokens=2,
+                completion_tokens=tokens, reasoning_tokens=tokens - 5, answer_tokens=5, finish_reason=finish,
+                model="t", seed=idx, latency_s=0.1)
+
+
+EVAL_TEXT = "A train leaves the station at noon carrying forty two passengers toward the coast"
+PROMPTS_ROWS = [
+    _prompt("ok", "Each box holds 2 pens and there are 3 boxes. How many pens?"),
+    _prompt("ok2", "Ava has 3 cards and gets 3 more. How many?"),
+    _prompt("cap", "Ben has 1 coin and finds 5 more. How many coins?"),
+    _prompt("zh", "How many apples are left if Lena eats 4 of 10?"),
+    _prompt("leak", f"Quick question. {EVAL_TEXT}. How many passengers are aboard?"),
+    _prompt("near1", "Describe your method for solving word problems, version one."),
+    _prompt("near2", "Describe your method for solving word problems, version two."),
+    _prompt("ev", f"{EVAL_TEXT}; how many people are on it?", split="eval", reference="42"),
+]
+
+# sample_id -> the rule that must drop it (None: kept)
+EXPECTED = {
+    "ok-0": None,
+    "ok-1": "truncated",
+    "ok-2": "unclosed_reasoning",
+    "ok-3": "unclosed_reasoning",
+    "ok-4": "empty_answer",
+    "ok-5": "garbled",
+    "ok-6": "garbled",
+    "ok-7": "garbled",
+    "ok-8": "repetition",
+    "ok-9": "repetition",
+    "zh-0": "language_mix",
+    "ok-10": "length",
+    "ok-11": "incorrect",
+    "ok2-0": None,  # \boxed{6.0} equals the reference 6 by math-verify
+    "ok2-1": None,  # \frac{12}{2} too
+    "leak-0": "contaminated",
+    "ok2-2": "exact_duplicate",  # ok2-0's text in other case and spacing
+    "near1-0": None,
+    "near2-0": "near_duplicate",
+    "cap-0": None,
+    "cap-1": None,
+    "cap-2": "per_prompt_cap",  # the longest of three passing samples, max_per_prompt 2
+    "ev-0": None,  # an eval prompt is never "contaminated" by itself
+}
+
+
+def _samples():
+    good = GOOD.format(k=2, n=3, a=6)
+    rows = [
+        _sample("ok", 0, good),
+        _sample("ok", 1, good, finish="length"),
+        _sample("ok", 2, good, closed=False, ends=0),
+        _sample("ok", 3, good, ends=2),
+        _sample("ok", 4, good, answer="  \n"),
+        _sample("ok", 5, good + " \ufffd\ufffd"),
+        _sample("ok", 6, good + " \x01"),
+        _sample("ok", 7, good + "\u200b" * 20),
+        _sample("ok", 8, LOOP),
+        _sample("ok", 9, LINES),
+        _sample("zh", 0, "我们需要计算剩下的苹果数量。十减四等于六，所以答案是六。" * 3),
+        _sample("ok", 10, good, tokens=100_000),
+        _sample("ok", 11, good, answer="\\boxed{7}"),
+        _sample("ok2", 0, "Three plus three is six.", answer="\\boxed{6.0}"),
+        _sample("ok2", 1, "Three plus three is six, as a fraction.", answer="\\boxed{\\frac{12}{2}}"),
+        _sample("ok2", 2, "THREE   plus three is SIX.", answer="\\boxed{6.0}"),
+        _sample("leak", 0, good),
+        _sample("near1", 0, LONG + " Answer follows.", answer="\\boxed{6}"),
+        _sample("near2", 0, LONG + " Answer follows!", answer="\\boxed{6}"),
+        _sample("cap", 0, "One plus five is six.", tokens=30),
+        _sample("cap", 1, "Start at one and count five more: six.", tokens=35),
+        _sample("cap", 2, "Adding five coins to the first coin gives six coins in total.", tokens=50),
+        _sample("ev", 0, "Forty two people.", answer="\\boxed{42}", split="eval"),
+    ]
+    assert {r["sample_id"] for r in rows} == set(EXPECTED)
+    return rows
+
+
+def _run(tmp_path, extra="", samples=None, sql_dir=ROOT / "sql"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg_path = write_config(tmp_path / "c.yaml", f"""
+        run: {{name: r, artifacts_dir: {tmp_path / 'artifacts'}}}
+        prepare: {{arithmetic: {{n_train: 1, n_eval: 1}}}}
+        clean:
+          max_tokens: 50000
+          max_per_prompt: 2
+          sql_dir: {sql_dir}
+          {extra}
+        """)
+    cfg = config_mod.load(cfg_path)
+    run_dir = cfg.run_dir
+    (run_dir / "prepare").mkdir(parents=True)
+    pq.write_table(PROMPTS.from_pylist(PROMPTS_ROWS), run_dir / "prepare/prompts.parquet")
+    gen_dir = run_dir / "generate/generations"
+    gen_dir.mkdir(parents=True)
+    rows = _samples() if samples is None else samples
+    for i in range(0, len(rows), 10):  # several shards, as generate writes them
+        pq.write_table(GENERATIONS.from_pylist(rows[i:i + 10]), gen_dir / f"part-0of1-{i:05d}.parquet")
+    manifest.write(cfg, "generate", time.time(), {})
+    return cfg_path, cfg
+
+
+def _rejects(cfg):
+    table = pq.read_table(cfg.run_dir / "clean/rejects.parquet").to_pylist()
+    return {r["sample_id"]: r["rule"] for r in table}
+
+
+def test_each_rule_drops_its_planted_defect(tmp_path):
+    cfg_path, cfg = _run(tmp_path)
+    m = clean.run(cfg)
+    rejects = _rejects(cfg)
+    assert rejects == {s: rule for s, rule in EXPECTED.items() if rule}
+    kept = pq.read_table(cfg.run_dir / "clean/clean.parquet").column("sample_id").to_pylist()
+    assert sorted(kept) == sorted(s for s, rule in EXPECTED.items() if rule is None)
+    # the funnel accounts for every row, rule by rule, in the configured order
+    funnel = m["funnel"]
+    assert [f["rule"] for f in funnel] == cfg.clean.rules
+    assert funnel[0]["rows_in"] == len(EXPECTED) and funnel[-1]["rows_out"] == len(kept)
+    for prev, nxt in zip(funnel, funnel[1:]):
+        assert prev["rows_out"] == nxt["rows_in"]
+    for f in funnel:
+        assert f["dropped"] == sum(1 for rule in EXPECTED.values() if rule == f["rule"]) > 0
+    verdicts = {r["sample_id"]: r for r in pq.read_table(cfg.run_dir / "clean/verdicts.parquet").to_pylist()}
+    assert verdicts["ok2-1"]["extracted"] == "\\frac{12}{2}" and verdicts["ok2-1"]["correct"]
+    assert verdicts["ok-11"]["correct"] is False
+
+
+def test_rules_switch_off_and_keep_incorrect(tmp_path):
+    _, cfg = _run(tmp_path, extra="rules: [truncated, incorrect]\n          keep_incorrect: true")
+    m = clean.run(cfg)
+    assert [f["rule"] for f in m["funnel"]] == ["truncated", "incorrect"]
+    assert _rejects(cfg) == {"ok-1": "truncated"}
+
+
+def test_random_cap_policy_is_seeded(tmp_path):
+    picks = []
+    for attempt in range(2):
+        _, cfg = _run(tmp_path / str(attempt), extra="rules: [per_prompt_cap]\n          per_prompt_policy: random\n"
+                                                       "          max_per_prompt: 1")
+        clean.run(cfg)
+        picks.append(_rejects(cfg))
+    assert picks[0] == picks[1] and len(picks[0]) == len(EXPECTED) - len({s.rsplit("-", 1)[0] for s in EXPECTED})
+
+
+def test_user_rule_is_a_file_and_a_config_line(tmp_path):
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(ROOT / "sql", sql_dir)
+    (sql_dir / "mentions_boxes.sql").write_text(
+        "-- mentions_boxes: drops samples talking about boxes\n"
+        "WITH hits AS (SELECT sample_id FROM candidates WHERE reasoning ILIKE '%box%')\n"
+        "SELECT sample_id FROM hits\n")
+    _, cfg = _run(tmp_path, extra="rules: [truncated, mentions_boxes]", sql_dir=sql_dir)
+    m = clean.run(cfg)
+    assert m["funnel"][1]["rule"] == "mentions_boxes" and m["funnel"][1]["dropped"] > 0
+
+
+def test_error_in_user_rule_names_file_and_line(tmp_path):
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(ROOT / "sql", sql_dir)
+    (sql_dir / "broken.sql").write_text("-- broken\nWITH x AS (SELECT sample_id FROM candidates)\nSELECT sample_id FORM x\n")
+    cfg_path, _ = _run(tmp_path, extra="rules: [broken]", sql_dir=sql_dir)
+    r = distill_cli("clean", cfg_path, check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {sql_dir / 'broken.sql'}: ") and "(line 3)" in r.stderr
+    assert not (tmp_path / "artifacts/r/clean/clean.parquet").exists()
+
+
+def test_wrong_schema_shard_is_named(tmp_path):
+    cfg_path, cfg = _run(tmp_path)
+    bad = cfg.run_dir / "generate/generations/part-0of1-99999.parquet"
+    pq.write_table(GENERATIONS.from_pylist(_samples()[:1]).drop(["answer"]), bad)
+    r = distill_cli("clean", cfg_path, check=False)
+    assert r.returncode == 1 and r.stderr.strip() == f"error: {bad}: not a generations table: column 'answer' is missing"
+    bad.write_bytes(b"PAR1 garbage")
+    r = distill_cli("clean", cfg_path, check=False)
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {bad}: not a readable Parquet file")
+
+
+def test_empty_input_gives_empty_output_and_a_warning(tmp_path):
+    cfg_path, cfg = _run(tmp_path, samples=[])
+    r = distill_cli("clean", cfg_path)
+    assert "warning:" in r.stderr
+    assert pq.read_table(cfg.run_dir / "clean/clean.parquet").num_rows == 0
+
+
+def test_sql_views_formats_and_canned_queries(tmp_path):
+    cfg_path, cfg = _run(tmp_path)
+    clean.run(cfg)
+    run_dir = cfg.run_dir
+    r = distill_cli("sql", run_dir, "SELECT rule, count(*) AS n FROM rejects GROUP BY rule ORDER BY rule",
+                    "--format", "json")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {row["rule"]: row["n"] for row in rows}["garbled"] == 3
+    r = distill_cli("sql", run_dir, "SELECT count(*) AS n FROM clean JOIN generations USING (sample_id)",
+                    "--format", "csv")
+    assert r.stdout.splitlines() == ['"n"', "7"] or r.stdout.splitlines() == ["n", "7"]
+    out = tmp_path / "p.parquet"
+    distill_cli("sql", run_dir, "SELECT * FROM prompts", "--format", "parquet", "--output", out)
+    assert pq.read_table(out).num_rows == len(PROMPTS_ROWS)
+    for query in sorted((ROOT / "sql/inspect").glob("*.sql")):
+        r = distill_cli("sql", run_dir, "--file", query, check=False)
+        assert r.returncode == 0, (query.name, r.stderr)
+    r = distill_cli("sql", run_dir, input="SELECT count(*) AS n\nFROM verdicts;\n.quit\n")
+    assert "views:" in r.stdout and "│" in r.stdout
+    r = distill_cli("sql", run_dir, "SELECT * FROM no_such_table", check=False)
+    assert r.returncode == 1 and r.stderr.startswith("error: query: Catalog Error")
+    r = distill_cli("sql", tmp_path / "nope", "SELECT 1", check=False)
+    assert r.returncode == 1 and "no such run" in r.stderr
+
+
+@pytest.mark.parametrize("limit", ["64MB"])
+def test_memory_limit_and_temp_dir_reach_duckdb(tmp_path, limit):
+    _, cfg = _run(tmp_path, extra=f"memory_limit: {limit}\n          temp_dir: {tmp_path / 'spill'}")
+    with clean.connect(cfg.clean, cfg.run_dir / "clean") as con:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] in ("64.0 MiB", "61.0 MiB")
+        assert str(tmp_path / "spill") in con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
