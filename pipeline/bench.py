@@ -97,12 +97,21 @@ def bench_generate(cfg: Config, n_prompts: int, max_new_tokens: int) -> dict:
     return result
 
 
+# benchmark -> (function, the keys its targets are stated in)
+BENCHMARKS = {
+    "generate": ("pipeline.bench:bench_generate", ("capture_ratio", "bytes_per_candidate", "max_abs_logprob_error")),
+    "clean": ("pipeline.bench_clean:bench_clean", ("rows_per_s", "peak_rss_mb", "near_dup_rows_per_s",
+                                                   "verify_rows_per_s", "speedup_vs_pandas")),
+}
+
+
 def run(cfg: Config, name: str, **options) -> dict:
-    if name != "generate":
-        raise click.UsageError(f"unknown benchmark {name!r} (available: generate)")
-    result = bench_generate(cfg, **options)
+    import importlib
+
+    target, keys = BENCHMARKS[name]
+    module, fn = target.split(":")
+    result = getattr(importlib.import_module(module), fn)(cfg, **options)
     out = Path(cfg.run.artifacts_dir) / "bench" / f"{name}.json"
     write_json(out, result)
-    click.echo(f"bench {name}: capture_ratio {result['capture_ratio']}, bytes_per_candidate "
-               f"{result['bytes_per_candidate']}, max_abs_logprob_error {result['max_abs_logprob_error']} -> {out}")
+    click.echo(f"bench {name}: " + ", ".join(f"{k} {result[k]}" for k in keys) + f" -> {out}")
     return result

@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,14 +124,14 @@ def load_samples(con, files: list[Path], prompts: Path) -> int:
                                chr(10)) AS prompt_text
         FROM {source} g
         LEFT JOIN read_parquet('{prompts}') p USING (prompt_id)""")
-    orphans = con.execute("SELECT count(*), any_value(prompt_id) FROM samples WHERE task IS NULL").fetchone()
+    orphans = con.execute("SELECT count(*), any_value(prompt_id) FROM samples WHERE task IS NULL").fetchall()[0]
     if orphans[0]:
         raise PipelineError(f"{prompts}: {orphans[0]} generations refer to prompts it does not hold "
                             f"(e.g. {orphans[1]}); was prepare rerun after generate?")
     con.execute("CREATE TABLE dropped (sample_id VARCHAR, rule VARCHAR, rule_order INTEGER)")
     con.execute("""CREATE VIEW candidates AS
                    SELECT s.* FROM samples s ANTI JOIN dropped d USING (sample_id)""")
-    return con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    return con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
 
 
 def _empty_generations() -> str:
@@ -195,31 +196,21 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return max(below, key=lambda br: (1 / br[0]) ** (1 / br[1])) if below else options[-1]
 
 
-def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 1024) -> int:
-    """Table `minhash(sample_id, sig UINTEGER[])` over the current candidates: word shingles of the
-    prompt and completion, hashed in DuckDB, minimized under num_perm hash functions in numpy."""
+def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 2048) -> int:
+    """Table `minhash(sample_id, sig UINTEGER[num_perm])` over the current candidates: shingles of
+    near_dup_shingle words of the prompt and completion (stable crc32 word hashes combined in
+    numpy), minimized under num_perm multiply-shift hash functions."""
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**63, size=c.near_dup_num_perm, dtype=np.uint64) | np.uint64(1)  # odd multipliers
     b = rng.integers(0, 2**63, size=c.near_dup_num_perm, dtype=np.uint64)
-    k = c.near_dup_shingle
-    query = con.cursor().sql(f"""
-        SELECT sample_id,
-               list_transform(range(1, greatest(len(w) - {k} + 2, 2)),
-                              lambda i: hash(array_to_string(w[i:i + {k} - 1], ' '))) AS h
-        FROM (SELECT sample_id,
-                     string_split_regex(trim(lower(prompt_text || ' ' || reasoning || ' ' || answer)), '\\s+') AS w
-              FROM candidates)""")
+    mix = rng.integers(1, 2**63, size=c.near_dup_shingle, dtype=np.uint64) | np.uint64(1)
+    query = con.cursor().sql("SELECT sample_id, lower(prompt_text || ' ' || reasoning || ' ' || answer) AS t "
+                             "FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
     rows = 0
     for batch in query.to_arrow_reader(batch_rows):
-        hashes = batch.column("h")
-        flat = hashes.flatten().to_numpy()
-        offsets = hashes.offsets.to_numpy()
-        sig = np.empty((len(batch), len(a)), dtype=np.uint32)
-        with np.errstate(over="ignore"):  # multiply-shift hashing wraps around 2**64 on purpose
-            for j in range(0, len(a), 16):
-                mixed = (flat[:, None] * a[None, j:j + 16] + b[None, j:j + 16]) >> np.uint64(32)
-                sig[:, j:j + 16] = np.minimum.reduceat(mixed, offsets[:-1], axis=0)
+        sig = np.stack([_signature(t, a, b, mix) for t in batch.column("t").to_pylist()]) if len(batch) else \
+            np.empty((0, len(a)), np.uint32)
         table = pa.table({"sample_id": batch.column("sample_id"),
                           "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), len(a))})
         con.register("minhash_batch", table)
@@ -227,6 +218,16 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 1024) -> int
         con.unregister("minhash_batch")
         rows += len(batch)
     return rows
+
+
+def _signature(text: str, a: np.ndarray, b: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    words = np.fromiter((zlib.crc32(w.encode()) for w in text.split()), dtype=np.uint64)
+    k = len(mix)
+    if len(words) < k:
+        words = np.concatenate([words, np.zeros(k - len(words), np.uint64)])
+    with np.errstate(over="ignore"):  # the hashes wrap around 2**64 on purpose
+        shingles = sum(words[j:len(words) - k + 1 + j] * mix[j] for j in range(k))
+        return ((shingles[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0).astype(np.uint32)
 
 
 # Tables computed in Python just before a rule whose SQL mentions them.
@@ -248,8 +249,8 @@ def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dic
     """Run each rule over the current candidates, recording what it drops; returns the funnel."""
     rules = c.rules if rules is None else rules
     funnel = []
-    rows_in = con.execute("SELECT count(*) FROM candidates").fetchone()[0]
-    seed = con.execute("SELECT getvariable('seed')").fetchone()[0]
+    rows_in = con.execute("SELECT count(*) FROM candidates").fetchall()[0][0]
+    seed = con.execute("SELECT getvariable('seed')").fetchall()[0][0]
     click.echo(f"clean funnel: {'rule':20s} {'in':>9s} {'dropped':>9s} {'out':>9s}")
     for order, rule in enumerate(rules):
         path, sql = rule_sql(Path(c.sql_dir), rule)
@@ -262,7 +263,7 @@ def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dic
             con.execute(f"INSERT INTO dropped SELECT DISTINCT sample_id, '{rule}', {order} FROM {rule}")
         except duckdb.Error as e:
             raise PipelineError(f"{path}: {_first_line(e)}") from None
-        dropped = con.execute("SELECT count(*) FROM dropped WHERE rule_order = ?", [order]).fetchone()[0]
+        dropped = con.execute("SELECT count(*) FROM dropped WHERE rule_order = ?", [order]).fetchall()[0][0]
         funnel.append({"rule": rule, "rows_in": rows_in, "dropped": dropped, "rows_out": rows_in - dropped,
                        "seconds": round(time.time() - t, 3)})
         click.echo(f"{'':14s}{rule:20s} {rows_in:>9,} {dropped:>9,} {rows_in - dropped:>9,}  ({time.time() - t:.1f}s)")

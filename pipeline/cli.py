@@ -132,17 +132,21 @@ def sql_cmd(run_name, query, file, fmt, output, artifacts_dir):
 
 
 @main.command("bench")
-@click.argument("name", type=click.Choice(["generate"]))
+@click.argument("name", type=click.Choice(["generate", "clean"]))
 @click.argument("config_file", type=click.Path(), default="configs/quickstart.yaml")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value")
-@click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=64, help="prompts per pass")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, help="tokens per sample")
+@click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=64, help="generate: prompts per pass")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, help="generate: tokens per sample")
+@click.option("--rows", type=click.IntRange(min=1000), default=1_000_000, help="clean: synthetic generation rows")
+@click.option("--sample", type=click.IntRange(min=100), default=100_000, help="clean: rows of the pandas comparison")
 @_one_line_errors
-def bench_cmd(name, config_file, overrides, n_prompts, max_new_tokens):
+def bench_cmd(name, config_file, overrides, n_prompts, max_new_tokens, rows, sample):
     """Measured speed and size, side by side in one run, into artifacts/bench/NAME.json."""
     from pipeline import bench
 
-    bench.run(config_mod.load(config_file, overrides), name, n_prompts=n_prompts, max_new_tokens=max_new_tokens)
+    options = {"generate": dict(n_prompts=n_prompts, max_new_tokens=max_new_tokens),
+               "clean": dict(rows=rows, sample=min(sample, rows))}[name]
+    bench.run(config_mod.load(config_file, overrides), name, **options)
 
 
 def _not_yet(name: str):

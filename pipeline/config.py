@@ -207,9 +207,8 @@ class CleanConfig:
     min_tokens: int = 1  # completions shorter than this are dropped
     max_tokens: int = 32768  # and longer than this
     max_unprintable_share: float = 0.01  # share of format/private-use/unassigned characters tolerated
-    ngram: int = 4  # word n-gram length of the repetition rule
-    max_repeated_ngram_share: float = 0.5  # share of n-grams that repeat an earlier one (loops)
-    max_repeated_lines: int = 8  # how often one non-empty line may repeat
+    repeat_probe_chars: int = 32  # length of the repetition rule's probes (about a 5-word n-gram)
+    max_repeated_share: float = 0.3  # share of the text the copies of one probe may cover (loops)
     max_script_mix: float = 0.1  # share of the reasoning's letters outside the prompt's script
     keep_incorrect: bool = False  # False keeps only verified-correct traces (rejection sampling)
     decontam_ngram: int = 8  # word n-gram shared with an eval prompt marks a train prompt (open-r1: 8)
@@ -229,9 +228,9 @@ class CleanConfig:
         _check(all(r.isidentifier() for r in self.rules), "rules", "each a file name stem (letters, digits, _)")
         _check(0 <= self.min_tokens <= self.max_tokens, "min_tokens", "0 <= min_tokens <= max_tokens")
         _check(0 <= self.max_unprintable_share <= 1, "max_unprintable_share", "in [0, 1]")
-        _check(self.ngram >= 1 and self.decontam_ngram >= 1 and self.near_dup_shingle >= 1, "ngram", ">= 1")
-        _check(0 < self.max_repeated_ngram_share <= 1, "max_repeated_ngram_share", "in (0, 1]")
-        _check(self.max_repeated_lines >= 1, "max_repeated_lines", ">= 1")
+        _check(self.repeat_probe_chars >= 4, "repeat_probe_chars", ">= 4")
+        _check(self.decontam_ngram >= 1 and self.near_dup_shingle >= 1, "decontam_ngram", ">= 1")
+        _check(0 < self.max_repeated_share <= 1, "max_repeated_share", "in (0, 1]")
         _check(0 <= self.max_script_mix <= 1, "max_script_mix", "in [0, 1]")
         _check(0 <= self.decontam_max_prompt_share <= 1, "decontam_max_prompt_share", "in [0, 1]")
         _check(0 < self.near_dup_threshold <= 1, "near_dup_threshold", "in (0, 1]")

@@ -1,8 +1,8 @@
--- exact_duplicate: drops a sample whose completion, lowercased with whitespace collapsed, equals
--- an earlier sample's for the same prompt (the first by sample_idx is kept).
+-- exact_duplicate: drops a sample whose completion, lowercased and trimmed, equals an earlier
+-- sample's for the same prompt (the first by sample_idx is kept). Spacing variants are left to
+-- near_duplicate: collapsing whitespace would cost a regex pass over every text.
 WITH normalized AS (
-    SELECT sample_id, prompt_id, sample_idx,
-           md5(regexp_replace(lower(trim(reasoning || answer)), '\s+', ' ', 'g')) AS text_hash
+    SELECT sample_id, prompt_id, sample_idx, hash(lower(trim(reasoning || answer))) AS text_hash
     FROM candidates
 ),
 ranked AS (

@@ -1,16 +1,20 @@
 -- language_mix: drops samples whose completion switches script: more than $max_script_mix of
 -- its letters are outside the prompt's dominant script (DeepSeek-R1 drifting into Chinese on an
 -- English prompt, or the reverse). Digits, punctuation and symbols do not count.
-WITH prompt_letters AS (
-    SELECT DISTINCT
+WITH prompts AS (
+    SELECT DISTINCT prompt_id, prompt_text
+    FROM candidates
+),
+prompt_letters AS (
+    SELECT
         prompt_id,
         length(regexp_replace(prompt_text, '[^\p{Latin}]', '', 'g')) AS latin,
         length(regexp_replace(prompt_text, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]', '', 'g')) AS cjk,
         length(regexp_replace(prompt_text, '[^\p{Cyrillic}]', '', 'g')) AS cyrillic,
         length(regexp_replace(prompt_text, '[^\p{Arabic}]', '', 'g')) AS arabic
-    FROM candidates
+    FROM prompts
 ),
-prompt_script AS (
+prompt_script AS MATERIALIZED (  -- once per prompt, not per sample
     SELECT
         prompt_id,
         CASE greatest(latin, cjk, cyrillic, arabic)
@@ -23,11 +27,11 @@ completion_letters AS (
         c.sample_id,
         p.script,
         c.reasoning || c.answer AS t,
+        -- strlen (bytes) = length (characters) only for pure ASCII: every letter is Latin, so an
+        -- ASCII completion mixes scripts only under a non-Latin prompt, and no regex is needed
         strlen(t) = length(t) AS ascii,
-        -- pure ASCII text: every letter is Latin, no regex needed
-        CASE WHEN ascii THEN length(regexp_replace(t, '[^A-Za-z]', '', 'g'))
-             ELSE length(regexp_replace(t, '[^\p{L}]', '', 'g')) END AS letters,
-        CASE WHEN ascii THEN (CASE WHEN p.script = 'latin' THEN letters ELSE 0 END)
+        CASE WHEN ascii THEN NULL ELSE length(regexp_replace(t, '[^\p{L}]', '', 'g')) END AS letters,
+        CASE WHEN ascii THEN NULL
              WHEN p.script = 'latin' THEN length(regexp_replace(t, '[^\p{Latin}]', '', 'g'))
              WHEN p.script = 'cjk' THEN length(regexp_replace(t, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]', '', 'g'))
              WHEN p.script = 'cyrillic' THEN length(regexp_replace(t, '[^\p{Cyrillic}]', '', 'g'))
@@ -35,7 +39,9 @@ completion_letters AS (
              ELSE letters END AS in_script
     FROM candidates c
     JOIN prompt_script p USING (prompt_id)
+    WHERE p.script <> 'none'
 )
 SELECT sample_id
 FROM completion_letters
-WHERE script <> 'none' AND letters > 0 AND 1 - in_script / letters > getvariable('max_script_mix')
+WHERE CASE WHEN ascii THEN script <> 'latin' AND regexp_matches(t, '[A-Za-z]')
+           ELSE letters > 0 AND 1 - in_script / letters > getvariable('max_script_mix') END

@@ -1,34 +1,24 @@
--- repetition: drops degenerate loops: samples in which more than $max_repeated_ngram_share of
--- the word $ngram-grams repeat an earlier one (among at least 16 n-grams), or more than
--- $max_repeated_lines non-empty lines repeat an earlier line.
+-- repetition: drops degenerate loops. Two probes of $repeat_probe_chars characters, one from the
+-- middle of the completion and one from its end, are counted through the whole text; when the
+-- copies of either cover more than $max_repeated_share of it, the text is mostly one n-gram or
+-- line said over and over. (Two substring counts per row: a loop covers much of the text, so a
+-- probe lands in it; counting every n-gram costs twenty times more.)
 WITH texts AS (
-    SELECT sample_id, reasoning || answer AS t
+    SELECT sample_id, reasoning || answer AS t, length(t) AS n
     FROM candidates
+    WHERE length(reasoning || answer) >= 4 * getvariable('repeat_probe_chars')
 ),
-split AS (
-    SELECT
-        sample_id,
-        list_filter(string_split(t, chr(10)), lambda l: trim(l) <> '') AS lines,
-        string_split_regex(trim(t), '\s+') AS words
+probes AS (
+    SELECT sample_id, t, n,
+           substring(t, n // 2, getvariable('repeat_probe_chars')) AS middle,
+           right(t, getvariable('repeat_probe_chars')) AS tail
     FROM texts
 ),
-ngrams AS (
-    SELECT
-        sample_id,
-        lines,
-        list_transform(range(1, len(words) - getvariable('ngram') + 2),
-                       lambda i: hash(array_to_string(words[i:i + getvariable('ngram') - 1], ' '))) AS grams
-    FROM split
-),
-scores AS (
-    SELECT
-        sample_id,
-        len(lines) - len(list_distinct(lines)) AS repeated_lines,
-        CASE WHEN len(grams) < 16 THEN 0.0
-             ELSE 1 - len(list_distinct(grams)) / len(grams) END AS repeated_ngram_share
-    FROM ngrams
+coverage AS (
+    SELECT sample_id,
+           greatest(n - length(replace(t, middle, '')), n - length(replace(t, tail, ''))) / n AS repeated_share
+    FROM probes
 )
 SELECT sample_id
-FROM scores
-WHERE repeated_ngram_share > getvariable('max_repeated_ngram_share')
-   OR repeated_lines > getvariable('max_repeated_lines')
+FROM coverage
+WHERE repeated_share > getvariable('max_repeated_share')

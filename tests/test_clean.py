@@ -66,7 +66,7 @@ EXPECTED = {
     "ok2-0": None,  # \boxed{6.0} equals the reference 6 by math-verify
     "ok2-1": None,  # \frac{12}{2} too
     "leak-0": "contaminated",
-    "ok2-2": "exact_duplicate",  # ok2-0's text in other case and spacing
+    "ok2-2": "exact_duplicate",  # ok2-0's text in other case
     "near1-0": None,
     "near2-0": "near_duplicate",
     "cap-0": None,
@@ -94,7 +94,7 @@ def _samples():
         _sample("ok", 11, good, answer="\\boxed{7}"),
         _sample("ok2", 0, "Three plus three is six.", answer="\\boxed{6.0}"),
         _sample("ok2", 1, "Three plus three is six, as a fraction.", answer="\\boxed{\\frac{12}{2}}"),
-        _sample("ok2", 2, "THREE   plus three is SIX.", answer="\\boxed{6.0}"),
+        _sample("ok2", 2, "THREE plus three is SIX.", answer="\\boxed{6.0}"),
         _sample("leak", 0, good),
         _sample("near1", 0, LONG + " Answer follows.", answer="\\boxed{6}"),
         _sample("near2", 0, LONG + " Answer follows!", answer="\\boxed{6}"),
