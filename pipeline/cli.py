@@ -131,6 +131,25 @@ def sql_cmd(run_name, query, file, fmt, output, artifacts_dir):
     inspect_sql.run(inspect_sql.resolve_run(run_name, artifacts_dir), query, file, fmt, output)
 
 
+@main.command("train")
+@_config_args
+@click.option("--resume", is_flag=True, help="continue from the latest checkpoint in the output directory")
+@click.option("--accelerate", "accelerate_config", type=click.Path(exists=True, dir_okay=False),
+              help="launch through `accelerate launch --config_file FILE` (DDP, DeepSpeed ZeRO-3, FSDP)")
+@_one_line_errors
+def train_cmd(config_file, overrides, resume, accelerate_config):
+    """Distill the student from the stored traces and top-k (the teacher is never loaded)."""
+    if accelerate_config:
+        import subprocess
+
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+               "-m", "pipeline.cli", "train", config_file, *(f"--set={o}" for o in overrides)]
+        sys.exit(subprocess.call(cmd + (["--resume"] if resume else [])))
+    from pipeline import train
+
+    train.run(config_mod.load(config_file, overrides), resume=resume)
+
+
 @main.command("bench")
 @click.argument("name", type=click.Choice(["generate", "clean"]))
 @click.argument("config_file", type=click.Path(), default="configs/quickstart.yaml")
@@ -157,7 +176,7 @@ def _not_yet(name: str):
         sys.exit(2)
 
 
-for _name in ("train", "eval", "report"):
+for _name in ("eval", "report"):
     _not_yet(_name)
 
 

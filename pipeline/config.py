@@ -241,12 +241,56 @@ class CleanConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Student training. The distillation fields go to DistillConfig (an SFTConfig subclass); the
+    rest are the TrainingArguments a run usually changes, and `extra` carries any other."""
+
+    output_dir: str = ""  # "" = artifacts/<run>/train; a sweep writes elsewhere and reuses the cached data
+    kd_weight: float = 0.5  # share of the KD term against cross-entropy on the teacher's tokens (0 = SFT)
+    kd_temperature: float = 1.0  # re-tempering of the stored raw logprobs; KD is scaled by T**2
+    divergence: str = "forward_kl"  # forward_kl, reverse_kl or jsd
+    jsd_beta: float = 0.5  # mixture weight of the teacher in jsd (0 = forward KL, 1 = reverse KL)
+    tail: str = "bucket"  # bucket (top-k + one bucket for the rest) or renormalize (top-k only)
+    top_k: int = 20  # candidates used per position, at most what generate stored
+    kd_chunk_size: int = 1024  # positions projected through the LM head at once (bounds KD memory)
+    learning_rate: float = 1e-4  # AdamW peak learning rate
+    num_train_epochs: float = 1.0  # passes over the clean selection
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4  # sequences per device per micro-batch
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    max_length: int = 4096  # prompt + completion tokens; longer samples are truncated (and counted)
+    warmup_steps: int = 0  # linear warm-up steps
+    lr_scheduler_type: str = "cosine"  # any transformers scheduler name
+    bf16: bool = False  # bf16 mixed precision (GPUs; slow on CPUs without AVX-512 BF16)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    lora_r: int = 0  # > 0 trains LoRA adapters of this rank (merged into the saved model)
+    lora_alpha: int = 32  # LoRA scaling numerator
+    logging_steps: int = 5  # TensorBoard / console logging interval
+    save_steps: int = 200  # checkpoint interval (resume restarts from the latest)
+    save_total_limit: int = 2  # checkpoints kept
+    extra: dict = field(default_factory=dict)  # any other SFTConfig / TrainingArguments field
+
+    def __post_init__(self):
+        _check(0 <= self.kd_weight <= 1, "kd_weight", "in [0, 1]")
+        _check(self.kd_temperature > 0, "kd_temperature", "> 0")
+        _check(self.divergence in ("forward_kl", "reverse_kl", "jsd"), "divergence", "forward_kl, reverse_kl or jsd")
+        _check(0 <= self.jsd_beta <= 1, "jsd_beta", "in [0, 1]")
+        _check(self.tail in ("bucket", "renormalize"), "tail", "bucket or renormalize")
+        _check(self.top_k >= 1 and self.kd_chunk_size >= 1, "top_k", ">= 1")
+        _check(self.per_device_train_batch_size >= 1 and self.gradient_accumulation_steps >= 1,
+               "per_device_train_batch_size", ">= 1")
+        _check(self.max_length >= 8, "max_length", ">= 8")
+        _check(self.lora_r >= 0, "lora_r", ">= 0")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(arithmetic=ArithmeticConfig()))
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     file: str = ""  # the YAML file this was loaded from (set by load, not by users)
 
     @property

