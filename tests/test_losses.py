@@ -1,0 +1,186 @@
+"""KD losses against independent references: the full-vocabulary divergence when k = V, a naive
+float64 numpy top-k formula otherwise, TRL's own sparse divergence, and autograd for the
+chunked loss's gradients; masking and a few real optimizer steps on a tiny Llama."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline import losses
+from pipeline.train import _add_distill_head, collate
+from tests.conftest import make_tiny_llama
+
+N, V = 7, 50
+
+
+def _case(seed=0, k=V):
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(N, V, generator=g, dtype=torch.float64) * 2
+    student = torch.randn(N, V, generator=g, dtype=torch.float64) * 2
+    lp = torch.log_softmax(teacher, -1)
+    top_lp, top_ids = lp.topk(k, dim=-1)
+    return teacher, student, top_ids, top_lp
+
+
+def _np_softmax_log(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _naive(student_logits, top_ids, top_lp, temperature, kind, beta, tail):
+    """float64 numpy, position by position."""
+    out = []
+    for n in range(student_logits.shape[0]):
+        z = student_logits[n].numpy()
+        ids, tl = top_ids[n].numpy(), top_lp[n].numpy()
+        q_full = np.exp(_np_softmax_log(z))
+        if tail == "renormalize":
+            p = np.exp(tl) / np.exp(tl).sum()
+            q = q_full[ids] / q_full[ids].sum()
+        else:
+            p = np.append(np.exp(tl), max(1 - np.exp(tl).sum(), np.expm1(1e-7)))
+            q = np.append(q_full[ids], max(1 - q_full[ids].sum(), np.expm1(1e-7)))
+        p = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
+        q = q ** (1 / temperature) / (q ** (1 / temperature)).sum()
+        if kind == "forward_kl":
+            d = (p * np.log(p / q)).sum()
+        elif kind == "reverse_kl":
+            d = (q * np.log(q / p)).sum()
+        else:
+            m = beta * p + (1 - beta) * q
+            d = beta * (p * np.log(p / m)).sum() + (1 - beta) * (q * np.log(q / m)).sum()
+        out.append(d * temperature**2)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1)])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_full_vocabulary_equals_dense_divergence(kind, beta, temperature):
+    teacher, student, ids, lp = _case()
+    s = losses.student_logprobs(student, ids, temperature, "renormalize")
+    t = losses.teacher_logprobs(lp, temperature, "renormalize")
+    got = losses.divergence(s, t, kind, beta).double() * temperature**2
+    p = torch.log_softmax(teacher / temperature, -1)
+    q = torch.log_softmax(student / temperature, -1)
+    if kind == "forward_kl":
+        dense = (p.exp() * (p - q)).sum(-1)
+    elif kind == "reverse_kl":
+        dense = (q.exp() * (q - p)).sum(-1)
+    else:
+        m = torch.log(beta * p.exp() + (1 - beta) * q.exp())
+        dense = beta * (p.exp() * (p - m)).sum(-1) + (1 - beta) * (q.exp() * (q - m)).sum(-1)
+    torch.testing.assert_close(got, dense * temperature**2, atol=1e-5, rtol=1e-5)
+    # the tail bucket is empty when k = V: the same value
+    s_b = losses.student_logprobs(student, ids, temperature, "bucket")
+    t_b = losses.teacher_logprobs(lp, temperature, "bucket")
+    torch.testing.assert_close(losses.divergence(s_b, t_b, kind, beta).double() * temperature**2,
+                               dense * temperature**2, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3)])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_top_k_equals_naive_formula(tail, kind, beta, temperature):
+    _, student, ids, lp = _case(seed=1, k=5)
+    _, kd, t_mass, s_mass = losses.token_losses(student.float(), ids[:, 0], ids, lp.float(), temperature, kind, beta,
+                                                tail)
+    np.testing.assert_allclose(kd.numpy(), _naive(student, ids, lp, temperature, kind, beta, tail), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(t_mass.numpy(), lp.exp().sum(-1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(s_mass.numpy(), torch.softmax(student, -1).gather(-1, ids).sum(-1).numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.4, 1.0])
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+def test_matches_trl_server_distillation_divergence(beta, tail):
+    from trl.experimental.server_distillation.server_distillation_trainer import _jsd_divergence
+
+    _, student, ids, lp = _case(seed=2, k=6)
+    s = losses.student_logprobs(student.float(), ids, 1.0, tail)
+    t = losses.teacher_logprobs(lp.float(), 1.0, tail)
+    ours = losses.divergence(s, t, "jsd", beta)
+    theirs = _jsd_divergence(s, t, beta).sum(-1)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_chunked_loss_values_and_gradients_match_autograd(tail, chunk):
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(N, 16, generator=g, requires_grad=True)
+    weight = torch.randn(V, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, V, (N,), generator=g)
+    _, _, ids, lp = _case(seed=3, k=4)
+    ids, lp = ids, lp.float()
+    loss, ce_sum, kd_sum, _, _ = losses.distill_loss(hidden, weight, labels, ids, lp, 0.3, 1.5, "jsd", 0.2, tail, chunk)
+    (loss * 2).backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad, weight.grad = None, None
+    ce, kd, _, _ = losses.token_losses(hidden @ weight.T, labels, ids, lp, 1.5, "jsd", 0.2, tail)
+    ref = (0.7 * ce + 0.3 * kd).sum()
+    (ref * 2).backward()
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ce_sum, ce.sum().detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kd_sum, kd.sum().detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0], hidden.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def _rows(vocab, k, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for prompt_len, completion in ((3, 5), (6, 2), (2, 8)):
+        ids = rng.integers(0, vocab, size=(completion, k))
+        lps = np.sort(np.log(rng.dirichlet(np.ones(k + 2))[:k]))[::-1].repeat(completion).reshape(k, completion).T
+        rows.append({"input_ids": rng.integers(0, vocab, size=prompt_len + completion).tolist(),
+                     "prompt_len": prompt_len, "topk_ids": ids.tolist(), "topk_logprobs": lps.tolist()})
+    return rows
+
+
+def _distill_args(k):
+    return dict(kd_weight=0.5, temperature=1.0, kind="forward_kl", beta=0.5, tail="bucket", chunk=4)
+
+
+def test_prompt_and_padding_positions_are_ignored(tiny_tokenizer_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tiny_tokenizer_dir, tmp_path / "m"))
+    _add_distill_head(model)
+    k = 3
+    rows = _rows(model.config.vocab_size, k)
+    together = collate(0, k)(rows)
+    one_by_one = [collate(0, k)([r]) for r in rows]
+
+    def loss_of(batch):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                     distill=dict(topk_ids=batch["topk_ids"], topk_logprobs=batch["topk_logprobs"], **_distill_args(k)))
+
+    total = loss_of(together)[0]
+    separate = sum(loss_of(b)[0] for b in one_by_one)
+    torch.testing.assert_close(total, separate, rtol=1e-4, atol=1e-4)
+    assert (together["labels"][0, :3] == -100).all() and (together["labels"][1, 8:] == -100).all()
+
+
+def test_two_steps_change_every_parameter_and_lower_kd(tiny_tokenizer_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tiny_tokenizer_dir, tmp_path / "m"))
+    _add_distill_head(model)
+    k = 3
+    batch = collate(0, k)(_rows(model.config.vocab_size, k, seed=1))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    kds = []
+    for _ in range(3):
+        loss, _, kd, _, _ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  labels=batch["labels"], distill=dict(topk_ids=batch["topk_ids"],
+                                                                       topk_logprobs=batch["topk_logprobs"],
+                                                                       **_distill_args(k)))
+        kds.append(kd.item())
+        if len(kds) == 3:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+    assert kds[2] < kds[0]
