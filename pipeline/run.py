@@ -13,12 +13,13 @@ import click
 from pipeline import manifest
 from pipeline.config import Config
 
-ORDER = ("models", "prepare", "generate", "clean", "train")
+ORDER = ("models", "prepare", "generate", "clean", "train", "eval", "report")
 
 
-def run(cfg: Config, force: bool = False) -> None:
+def run(cfg: Config, force: bool = False, until: str | None = None) -> None:
     started = time.time()
-    for stage in ORDER:
+    stages = ORDER[:ORDER.index(until) + 1] if until else ORDER
+    for stage in stages:
         if not force and manifest.is_fresh(cfg, stage):
             click.echo(f"[{stage}] up to date, skipped ({manifest.path(cfg, stage)})")
             continue
@@ -27,5 +28,6 @@ def run(cfg: Config, force: bool = False) -> None:
         importlib.import_module(f"pipeline.{stage}").run(cfg)
         click.echo(f"[{stage}] done in {time.time() - t:.1f}s")
     click.echo(f"run {cfg.run.name}: finished in {time.time() - started:.1f}s; outputs in {cfg.run_dir}/")
-    for stage in ORDER:
-        click.echo(f"  {stage:9s} {cfg.run_dir / stage}/")
+    for stage in ORDER[:-1]:
+        click.echo(f"  {stage:9s} {manifest.stage_dir(cfg, stage)}/")
+    click.echo(f"report: {cfg.run_dir / 'report.html'}")

@@ -171,5 +171,24 @@ CLEAN_REJECTS = Table(
     ),
 )
 
+EVAL_RESULTS = Table(
+    "eval",
+    "One row per evaluated model, eval prompt and sample (eval/results.parquet).",
+    (
+        Column("model", pa.string(), "teacher, baseline, student, or an extra model's directory name"),
+        Column("prompt_id", pa.string(), "the eval prompt"),
+        Column("sample_idx", pa.int32(), "0..n-1"),
+        Column("task", pa.string(), "scorer used"),
+        Column("source", pa.string(), "the prompt's source"),
+        Column("difficulty", pa.int32(), "the prompt's difficulty", True),
+        Column("completion", pa.string(), "the model's output text"),
+        Column("extracted", pa.string(), "the answer extracted from it", True),
+        Column("reference", pa.string(), "the reference answer"),
+        Column("correct", pa.bool_(), "extracted answer equals the reference"),
+        Column("output_tokens", pa.int32(), "generated tokens"),
+        Column("finish_reason", pa.string(), "stop or length"),
+    ),
+)
+
 TABLES = {t.name: t for t in (PROMPTS, PREPARE_REJECTS, GENERATIONS, TEACHER_TOPK, GENERATE_SKIPPED, VERDICTS, CLEAN,
-                              CLEAN_REJECTS)}
+                              CLEAN_REJECTS, EVAL_RESULTS)}

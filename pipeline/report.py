@@ -1,0 +1,179 @@
+"""Stage `report`: artifacts/<run>/report.html, one self-contained page (plots inline as PNG, no
+scripts, no CDN) about the whole run: config and provenance, cleaning funnel, trace lengths,
+sample traces, training curves, the teacher / baseline / student comparison, generation
+throughput and storage. A stage that has not run is shown as a marked, missing section.
+
+    distill report configs/quickstart.yaml
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+
+import click
+import pyarrow.parquet as pq
+
+from pipeline import manifest
+from pipeline.config import Config
+from pipeline.files import atomic_path
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.missing{background:#fff3cd;padding:.6em;border:1px solid #e0c36c}
+pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;max-height:14em;overflow:auto;font-size:12px}
+details{margin:.3em 0}img{max-width:100%}"""
+
+
+def run(cfg: Config) -> dict:
+    started = time.time()
+    m = {s: manifest.read(cfg, s) for s in ("models", "prepare", "generate", "clean", "train", "eval")}
+    sections = [_provenance(cfg, m), _generation(cfg, m), _cleaning(cfg, m), _traces(cfg, m), _training(m),
+                _comparison(m)]
+    body = "\n".join(sections)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>distill report: {html.escape(cfg.run.name)}"
+            f"</title><style>{STYLE}</style></head><body><h1>Distillation run <code>{html.escape(cfg.run.name)}</code>"
+            f"</h1>{body}</body></html>")
+    out = cfg.run_dir / "report.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    click.echo(f"report: {out}")
+    missing = [s for s, v in m.items() if v is None]
+    return manifest.write(cfg, "report", started, {"missing_stages": len(missing)}, report=str(out), missing=missing)
+
+
+def _missing(stage: str, cfg: Config) -> str:
+    return (f"<p class='missing'>The <b>{stage}</b> stage has not run for this run yet: "
+            f"<code>distill {stage} {html.escape(cfg.file)}</code></p>")
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+
+
+def _figure(w=7, h=3):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(w, h))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th class='l'>{html.escape(c)}</th>" if i == 0 else f"<th>{html.escape(c)}</th>"
+                   for i, c in enumerate(columns))
+    body = "".join("<tr>" + "".join(f"<td class='{'l' if i == 0 else ''}'>{html.escape(str(r.get(c, '')))}</td>"
+                                    for i, c in enumerate(columns)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _provenance(cfg: Config, m: dict) -> str:
+    rows = [{"stage": s, "finished": v["finished_at"], "seconds": v["wall_seconds"], "key": v["key"],
+             "git": (v.get("git_commit") or "")[:10], "counts": json.dumps(v["counts"])}
+            for s, v in m.items() if v]
+    models = m["models"]["models"] if m["models"] else {}
+    model_rows = [{"model": k, "path": v["path"], "layers": v["num_layers"], "parameters": f"{v['parameters']:,}",
+                   "vocab_sha": v["vocab_sha"]} for k, v in models.items()]
+    config = json.dumps({s: cfg.section(s) for s in ("run", "models", "generate", "clean", "train", "eval")}, indent=1)
+    return ("<h2>Run and provenance</h2>" + _table(rows, ["stage", "finished", "seconds", "key", "git", "counts"])
+            + _table(model_rows, ["model", "path", "layers", "parameters", "vocab_sha"])
+            + f"<details><summary>resolved config ({html.escape(cfg.file)})</summary><pre>{html.escape(config)}</pre>"
+              "</details>")
+
+
+def _generation(cfg: Config, m: dict) -> str:
+    if not m["generate"]:
+        return "<h2>Generation</h2>" + _missing("generate", cfg)
+    g = m["generate"]
+    c, s = g["counts"], g["settings"]
+    size = sum(p.stat().st_size for p in (cfg.run_dir / "generate").rglob("*.parquet"))
+    rows = [{"item": k, "value": v} for k, v in {**c, "teacher top-k stored": s["top_k"],
+                                                 "sampling": f"T={s['temperature']}, top-p={s['top_p']}",
+                                                 "Parquet on disk (MB)": round(size / 1e6, 2)}.items()]
+    return "<h2>Generation (teacher)</h2>" + _table(rows, ["item", "value"])
+
+
+def _cleaning(cfg: Config, m: dict) -> str:
+    if not m["clean"]:
+        return "<h2>Cleaning</h2>" + _missing("clean", cfg)
+    funnel = m["clean"]["funnel"]
+    fig, ax = _figure(7, 0.35 * len(funnel) + 1)
+    ax.barh([f["rule"] for f in funnel][::-1], [f["rows_out"] for f in funnel][::-1], color="#4c78a8", label="kept")
+    ax.barh([f["rule"] for f in funnel][::-1], [f["dropped"] for f in funnel][::-1],
+            left=[f["rows_out"] for f in funnel][::-1], color="#e45756", label="dropped")
+    ax.set_xlabel("samples")
+    ax.legend(loc="lower right")
+    return ("<h2>Cleaning funnel</h2>" + _table(funnel, ["rule", "rows_in", "dropped", "rows_out", "seconds"])
+            + _png(fig))
+
+
+def _traces(cfg: Config, m: dict) -> str:
+    gens = sorted((cfg.run_dir / "generate/generations").glob("part-*.parquet"))
+    if not gens:
+        return "<h2>Traces</h2>" + _missing("generate", cfg)
+    table = pq.read_table([str(p) for p in gens], columns=["sample_id", "prompt_text", "reasoning", "answer",
+                                                             "reasoning_tokens", "answer_tokens", "completion_tokens"])
+    fig, ax = _figure()
+    ax.hist([table["reasoning_tokens"].to_pylist(), table["answer_tokens"].to_pylist()], bins=30,
+            label=["reasoning tokens", "answer tokens"])
+    ax.set_xlabel("tokens per sample")
+    ax.legend()
+    rejects = {}
+    if (cfg.run_dir / "clean/rejects.parquet").is_file():
+        d = pq.read_table(cfg.run_dir / "clean/rejects.parquet", columns=["sample_id", "rule"]).to_pydict()
+        rejects = dict(zip(d["sample_id"], d["rule"]))
+    samples = []
+    for r in table.slice(0, 12).to_pylist():
+        verdict = f"dropped by {rejects[r['sample_id']]}" if r["sample_id"] in rejects else "kept"
+        samples.append(f"<details><summary>{html.escape(r['sample_id'])}: {verdict}, {r['completion_tokens']} tokens"
+                       f"</summary><pre>{html.escape(r['prompt_text'])}</pre><b>reasoning</b><pre>"
+                       f"{html.escape(r['reasoning'])}</pre><b>answer</b><pre>{html.escape(r['answer'])}</pre></details>")
+    return "<h2>Trace lengths</h2>" + _png(fig) + "<h2>Sample traces</h2>" + "".join(samples)
+
+
+def _training(m: dict) -> str:
+    t = m["train"]
+    if not t:
+        return "<h2>Training</h2><p class='missing'>The <b>train</b> stage has not run yet.</p>"
+    logs = [h for h in t["log_history"] if "loss" in h]
+    fig, ax = _figure()
+    steps = [h["step"] for h in logs]
+    for key in ("loss", "ce", "kd"):
+        ax.plot(steps, [h.get(key) for h in logs], label=key)
+    ax.set_xlabel("step")
+    ax.legend(loc="upper right")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [h.get("learning_rate") for h in logs], color="gray", linestyle=":", label="learning rate")
+    ax2.set_ylabel("learning rate")
+    rows = [{"item": k, "value": v} for k, v in {**t["counts"], **t["config"]["train"]}.items() if k != "extra"]
+    return "<h2>Training</h2>" + _png(fig) + _table(rows, ["item", "value"])
+
+
+def _comparison(m: dict) -> str:
+    e = m["eval"]
+    if not e:
+        return "<h2>Teacher, baseline, student</h2><p class='missing'>The <b>eval</b> stage has not run yet.</p>"
+    summary = e["summary"]
+    keys = ["accuracy", "majority_accuracy", "fidelity_kl", "top1_agreement", "mean_output_tokens",
+            "truncation_rate", "output_tok_s", "latency_p50_s", "latency_p95_s"]
+    rows = [{"model": name, **{k: s.get(k, "n/a") for k in keys}} for name, s in summary.items()]
+    fig, axes = _figure(10, 3)
+    axes.remove()
+    panels = [("accuracy", "accuracy"), ("fidelity_kl", "KL from teacher (lower is better)"),
+              ("top1_agreement", "top-1 agreement"), ("output_tok_s", "output tokens/s")]
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        names = [n for n in summary if key in summary[n]]
+        ax.bar(names, [summary[n][key] for n in names], color=["#4c78a8", "#f58518", "#54a24b", "#b279a2"][:len(names)])
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return "<h2>Teacher, baseline, student (held-out prompts)</h2>" + _table(rows, ["model"] + keys) + _png(fig)
