@@ -102,6 +102,7 @@ BENCHMARKS = {
     "generate": ("pipeline.bench:bench_generate", ("capture_ratio", "bytes_per_candidate", "max_abs_logprob_error")),
     "clean": ("pipeline.bench_clean:bench_clean", ("rows_per_s", "peak_rss_mb", "near_dup_rows_per_s",
                                                    "verify_rows_per_s", "speedup_vs_pandas")),
+    "train": ("pipeline.bench_train:bench_train", ("kd_over_sft_time", "kd_over_sft_peak_memory", "dataloader_share")),
 }
 
 

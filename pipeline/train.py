@@ -169,7 +169,9 @@ def run(cfg: Config, resume: bool = False) -> dict:
         gradient_checkpointing=t.gradient_checkpointing, logging_steps=t.logging_steps, save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, seed=cfg.run.seed, report_to=["tensorboard"],
         remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0, **t.extra)
+        dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),  # also makes a multi-process launch on CPU use DDP over gloo
+        **t.extra)
     peft_config = None
     if t.lora_r:
         from peft import LoraConfig
@@ -299,7 +301,11 @@ def _teacher_rows(cfg: Config, info: dict):
             sid = row["sample_id"]
             if sid not in prompts:
                 continue
-            tokens, _, ids, lps = topk.decode(row, order)
+            try:
+                tokens, _, ids, lps = topk.decode(row, order)
+            except (ValueError, IndexError):
+                raise PipelineError(f"{sidecar}: sample {sid}: top-k arrays do not match its "
+                                    f"{len(row['token_ids'])} tokens") from None
             if ids.shape[0] != len(tokens) or ids.shape[1] < k:
                 raise PipelineError(f"{sidecar}: sample {sid}: top-k is {ids.shape[0]} x {ids.shape[1]} for "
                                     f"{len(tokens)} tokens (need one row of >= {k} per token)")

@@ -1,0 +1,111 @@
+"""`distill bench train`: SFT-only steps against KD steps (k=20) with the same student, batch and
+sequences, into artifacts/bench/train.json.
+
+    distill bench train configs/quickstart.yaml --seq-len 4096 --steps 4
+
+Each mode trains in its own process (so peak RSS is its own), alternating SFT, KD, SFT, KD; the
+faster of the two runs per mode is kept. Step time is the median optimizer step after the first;
+`dataloader_share` is the time spent fetching and collating batches over the step time. The SFT
+steps are TRL's own loss (kd_weight 0); the KD steps are DistillTrainer's chunked loss.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from pipeline import manifest
+from pipeline import models as models_stage
+from pipeline.config import Config
+
+
+def bench_train(cfg: Config, seq_len: int, steps: int, k: int = 20) -> dict:
+    student = Path((manifest.read(cfg, "models") or models_stage.run(cfg))["models"]["student"]["path"])
+    runs: dict[str, list[dict]] = {"sft": [], "kd": []}
+    with tempfile.TemporaryDirectory() as d:
+        for mode in ("sft", "kd", "sft", "kd"):
+            out = Path(d) / f"{mode}-{len(runs[mode])}.json"
+            cmd = [sys.executable, "-m", "pipeline.bench_train", mode, str(student), str(seq_len), str(steps), str(k),
+                   str(out)]
+            subprocess.run(cmd, check=True)
+            runs[mode].append(json.loads(out.read_text()))
+            r = runs[mode][-1]
+            click.echo(f"  {mode}: step {r['step_s']:.2f}s, data {r['data_share']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB")
+    sft = min(runs["sft"], key=lambda r: r["step_s"])
+    kd = min(runs["kd"], key=lambda r: r["step_s"])
+    return {
+        "student": str(student), "seq_len": seq_len, "batch": 1, "k": k, "steps_timed": steps - 1,
+        "sft_step_s": round(sft["step_s"], 3), "kd_step_s": round(kd["step_s"], 3),
+        "sft_peak_rss_mb": round(sft["peak_rss_mb"]), "kd_peak_rss_mb": round(kd["peak_rss_mb"]),
+        "kd_over_sft_time": round(kd["step_s"] / sft["step_s"], 3),
+        "kd_over_sft_peak_memory": round(kd["peak_rss_mb"] / sft["peak_rss_mb"], 3),
+        "dataloader_share": round(max(kd["data_share"], sft["data_share"]), 4),
+        "runs": runs,
+        "targets": {"kd_over_sft_time": "<= 1.10", "kd_over_sft_peak_memory": "<= 1.10", "dataloader_share": "<= 0.05"},
+    }
+
+
+def _worker(mode: str, student: str, seq_len: int, steps: int, k: int, out: str) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from pipeline.train import DistillConfig, DistillTrainer, collate
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    prompt = 128
+    rows = [{"sample_id": str(i), "input_ids": rng.integers(0, vocab, seq_len).tolist(), "prompt_len": prompt,
+             "topk_ids": rng.integers(0, vocab, (seq_len - prompt, k)).tolist(),
+             "topk_logprobs": np.sort(np.log(rng.dirichlet(np.ones(k + 4), seq_len - prompt)[:, :k]), axis=1)[:, ::-1]
+             .tolist()} for i in range(steps)]
+    dataset = Dataset.from_list(rows)
+    base_collate = collate(tokenizer.pad_token_id or 0, k)
+    data_time = [0.0]
+
+    def timed_collate(batch):
+        t = time.perf_counter()
+        result = base_collate(batch)
+        data_time[0] += time.perf_counter() - t
+        return result
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.starts, self.times = {}, []
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.starts[state.global_step] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.starts[state.global_step - 1])
+
+    timer = Timer()
+    with tempfile.TemporaryDirectory() as d:
+        args = DistillConfig(output_dir=d, kd_weight=0.0 if mode == "sft" else 0.5, top_k=k, max_steps=steps,
+                             per_device_train_batch_size=1, max_length=seq_len, report_to=[], save_strategy="no",
+                             logging_steps=1000, remove_unused_columns=False, dataloader_num_workers=0,
+                             dataset_kwargs={"skip_prepare_dataset": True}, learning_rate=1e-5)
+        trainer = DistillTrainer(model, args, train_dataset=dataset, processing_class=tokenizer,
+                                 data_collator=timed_collate, callbacks=[timer])
+        started = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - started
+    # The collator runs between steps, outside on_step_begin/end: data share = its time / wall time.
+    step = statistics.median(timer.times[1:]) if len(timer.times) > 1 else timer.times[0]
+    Path(out).write_text(json.dumps({"step_s": step, "data_share": data_time[0] / total, "step_times": timer.times,
+                                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
