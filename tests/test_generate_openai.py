@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import topk
 from tests.conftest import write_config
-from tests.test_generate import _distill
+from tests.conftest import distill_cli
 
 
 def _free_port() -> int:
@@ -62,9 +62,9 @@ def test_openai_backend_writes_the_same_tables(server, tiny_teacher_dir, tmp_pat
           engine: {{max_model_len: 256}}
           openai: {{base_url: "{server}", concurrency: 3}}
         """)
-    _distill("models", cfg)
-    _distill("prepare", cfg)
-    _distill("generate", cfg)
+    distill_cli("models", cfg)
+    distill_cli("prepare", cfg)
+    distill_cli("generate", cfg)
     run_dir = tmp_path / "artifacts/o"
     gen = pq.read_table(run_dir / "generate/generations").to_pylist()
     tk = {}
@@ -87,9 +87,9 @@ def test_unreachable_server_is_one_line_error(tiny_teacher_dir, tmp_path):
         prepare: {{arithmetic: {{n_train: 2, n_eval: 1}}}}
         generate: {{backend: openai, openai: {{base_url: "http://127.0.0.1:9/v1", max_retries: 1}}}}
         """)
-    _distill("models", cfg)
-    _distill("prepare", cfg)
-    result = _distill("generate", cfg, check=False)
+    distill_cli("models", cfg)
+    distill_cli("prepare", cfg)
+    result = distill_cli("generate", cfg, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: http://127.0.0.1:9/v1/models:")
 

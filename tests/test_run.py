@@ -1,7 +1,7 @@
 """distill run: stages skip when their outputs exist for the same resolved config and inputs, and
 a changed setting reruns its stage and what depends on it, nothing upstream."""
 from tests.conftest import write_config
-from tests.conftest import distill_cli as _distill
+from tests.conftest import distill_cli
 
 
 def test_run_skips_fresh_stages_and_reruns_changed_ones(tiny_teacher_dir, tmp_path):
@@ -14,19 +14,19 @@ def test_run_skips_fresh_stages_and_reruns_changed_ones(tiny_teacher_dir, tmp_pa
         train: {{top_k: 3, max_steps: 2, per_device_train_batch_size: 4, save_steps: 1000}}
         eval: {{max_new_tokens: 8, latency_prompts: 1}}
         """)
-    first = _distill("run", cfg).stdout
+    first = distill_cli("run", cfg).stdout
     stages = ("models", "prepare", "generate", "clean", "train", "eval", "report")
     assert all(f"[{s}] running" in first for s in stages)
     assert (tmp_path / "artifacts/t/report.html").is_file() and (tmp_path / "artifacts/t/train/model").is_dir()
-    second = _distill("run", cfg).stdout
+    second = distill_cli("run", cfg).stdout
     assert all(f"[{s}] up to date" in second for s in stages)
     # a training setting reruns train and what follows, nothing upstream
-    sweep = _distill("run", cfg, "--set", "train.kd_weight=0.2", "--until", "train").stdout
+    sweep = distill_cli("run", cfg, "--set", "train.kd_weight=0.2", "--until", "train").stdout
     assert all(f"[{s}] up to date" in sweep for s in ("models", "prepare", "generate", "clean"))
     assert "[train] running" in sweep and "[eval]" not in sweep
-    third = _distill("run", cfg, "--set", "prepare.arithmetic.n_eval=5", "--until", "generate").stdout
+    third = distill_cli("run", cfg, "--set", "prepare.arithmetic.n_eval=5", "--until", "generate").stdout
     assert "[models] up to date" in third and "[prepare] running" in third and "[generate] running" in third
     assert "split_eval 5" in third and "12 samples on disk, 1 pending" in third
-    fourth = _distill("run", cfg, "--set", "prepare.arithmetic.n_eval=5", "--set", "generate.shard_size=7",
+    fourth = distill_cli("run", cfg, "--set", "prepare.arithmetic.n_eval=5", "--set", "generate.shard_size=7",
                       "--until", "generate").stdout
     assert "[prepare] up to date" in fourth and "[generate] running" in fourth and "0 pending" in fourth
