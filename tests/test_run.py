@@ -1,7 +1,6 @@
 """distill run: stages skip when their outputs exist for the same resolved config and inputs, and
 a changed setting reruns its stage and what depends on it, nothing upstream."""
-from tests.conftest import write_config
-from tests.conftest import distill_cli
+from tests.conftest import distill_cli, write_config
 
 
 def test_run_skips_fresh_stages_and_reruns_changed_ones(tiny_teacher_dir, tmp_path):
