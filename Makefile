@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # In-process vLLM engine: on 2 cores the multiprocess engine keeps one core for its scheduler.
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 
-.PHONY: quickstart test install clean-venv
+.PHONY: quickstart test install browser clean-venv
 
 install: $(STAMP)
 
@@ -30,8 +30,12 @@ $(STAMP): pyproject.toml Makefile
 quickstart: $(STAMP)
 	$(VENV)/bin/distill run configs/quickstart.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q tests
+
+# The report is checked in headless Chromium: Debian's package, installed once if missing.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -27,11 +27,14 @@ pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;max-height:14em;overflo
 details{margin:.3em 0}img{max-width:100%}"""
 
 
+COLORS = {"teacher": "#4c78a8", "baseline": "#f58518", "student": "#54a24b"}
+
+
 def run(cfg: Config) -> dict:
     started = time.time()
     m = {s: manifest.read(cfg, s) for s in ("models", "prepare", "generate", "clean", "train", "eval")}
-    sections = [_provenance(cfg, m), _generation(cfg, m), _cleaning(cfg, m), _traces(cfg, m), _training(m),
-                _comparison(m)]
+    sections = [_provenance(cfg, m), _generation(cfg, m), _cleaning(cfg, m), _traces(cfg, m), _training(cfg, m),
+                _comparison(cfg, m)]
     body = "\n".join(sections)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>distill report: {html.escape(cfg.run.name)}"
             f"</title><style>{STYLE}</style></head><body><h1>Distillation run <code>{html.escape(cfg.run.name)}</code>"
@@ -96,6 +99,8 @@ def _generation(cfg: Config, m: dict) -> str:
     c, s = g["counts"], g["settings"]
     size = sum(p.stat().st_size for p in (cfg.run_dir / "generate").rglob("*.parquet"))
     rows = [{"item": k, "value": v} for k, v in {**c, "teacher top-k stored": s["top_k"],
+                                                 "generation tokens/s (whole stage)":
+                                                     round(c.get("completion_tokens", 0) / max(g["wall_seconds"], 1e-9), 1),
                                                  "sampling": f"T={s['temperature']}, top-p={s['top_p']}",
                                                  "Parquet on disk (MB)": round(size / 1e6, 2)}.items()]
     return "<h2>Generation (teacher)</h2>" + _table(rows, ["item", "value"])
@@ -139,10 +144,10 @@ def _traces(cfg: Config, m: dict) -> str:
     return "<h2>Trace lengths</h2>" + _png(fig) + "<h2>Sample traces</h2>" + "".join(samples)
 
 
-def _training(m: dict) -> str:
+def _training(cfg: Config, m: dict) -> str:
     t = m["train"]
     if not t:
-        return "<h2>Training</h2><p class='missing'>The <b>train</b> stage has not run yet.</p>"
+        return "<h2>Training</h2>" + _missing("train", cfg)
     logs = [h for h in t["log_history"] if "loss" in h]
     fig, ax = _figure()
     steps = [h["step"] for h in logs]
@@ -157,10 +162,10 @@ def _training(m: dict) -> str:
     return "<h2>Training</h2>" + _png(fig) + _table(rows, ["item", "value"])
 
 
-def _comparison(m: dict) -> str:
+def _comparison(cfg: Config, m: dict) -> str:
     e = m["eval"]
     if not e:
-        return "<h2>Teacher, baseline, student</h2><p class='missing'>The <b>eval</b> stage has not run yet.</p>"
+        return "<h2>Teacher, baseline, student</h2>" + _missing("eval", cfg)
     summary = e["summary"]
     keys = ["accuracy", "majority_accuracy", "fidelity_kl", "top1_agreement", "mean_output_tokens",
             "truncation_rate", "output_tok_s", "latency_p50_s", "latency_p95_s"]
@@ -172,7 +177,7 @@ def _comparison(m: dict) -> str:
     for i, (key, title) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         names = [n for n in summary if key in summary[n]]
-        ax.bar(names, [summary[n][key] for n in names], color=["#4c78a8", "#f58518", "#54a24b", "#b279a2"][:len(names)])
+        ax.bar(names, [summary[n][key] for n in names], color=[COLORS.get(n, "#b279a2") for n in names])
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()

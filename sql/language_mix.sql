@@ -5,13 +5,16 @@ WITH prompts AS (
     SELECT DISTINCT prompt_id, prompt_text
     FROM candidates
 ),
-prompt_letters AS (
+prompt_letters AS (  -- letters per script; a pure-ASCII prompt (strlen = length) is Latin if it has letters
     SELECT
         prompt_id,
-        length(regexp_replace(prompt_text, '[^\p{Latin}]', '', 'g')) AS latin,
-        length(regexp_replace(prompt_text, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]', '', 'g')) AS cjk,
-        length(regexp_replace(prompt_text, '[^\p{Cyrillic}]', '', 'g')) AS cyrillic,
-        length(regexp_replace(prompt_text, '[^\p{Arabic}]', '', 'g')) AS arabic
+        strlen(prompt_text) = length(prompt_text) AS ascii,
+        CASE WHEN ascii THEN length(prompt_text) - length(regexp_replace(prompt_text, '[A-Za-z]', '', 'g'))
+             ELSE length(regexp_replace(prompt_text, '[^\p{Latin}]', '', 'g')) END AS latin,
+        CASE WHEN ascii THEN 0
+             ELSE length(regexp_replace(prompt_text, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]', '', 'g')) END AS cjk,
+        CASE WHEN ascii THEN 0 ELSE length(regexp_replace(prompt_text, '[^\p{Cyrillic}]', '', 'g')) END AS cyrillic,
+        CASE WHEN ascii THEN 0 ELSE length(regexp_replace(prompt_text, '[^\p{Arabic}]', '', 'g')) END AS arabic
     FROM prompts
 ),
 prompt_script AS MATERIALIZED (  -- once per prompt, not per sample

@@ -1,6 +1,7 @@
 """distill run: stages skip when their outputs exist for the same resolved config and inputs, and
 a changed setting reruns its stage and what depends on it, nothing upstream."""
-from tests.conftest import distill_cli, write_config
+from tests.browser import inspect_page
+from tests.conftest import ROOT, distill_cli, write_config
 
 
 def test_run_skips_fresh_stages_and_reruns_changed_ones(tiny_teacher_dir, tmp_path):
@@ -16,7 +17,15 @@ def test_run_skips_fresh_stages_and_reruns_changed_ones(tiny_teacher_dir, tmp_pa
     first = distill_cli("run", cfg).stdout
     stages = ("models", "prepare", "generate", "clean", "train", "eval", "report")
     assert all(f"[{s}] running" in first for s in stages)
-    assert (tmp_path / "artifacts/t/report.html").is_file() and (tmp_path / "artifacts/t/train/model").is_dir()
+    report = tmp_path / "artifacts/t/report.html"
+    assert report.is_file() and (tmp_path / "artifacts/t/train/model").is_dir()
+    # the page works offline in a real browser: no console errors, every plot decoded
+    shot = ROOT / "artifacts/screenshots/report-test.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page = inspect_page(report.as_uri(), shot)
+    assert page["errors"] == [] and len(page["images"]) >= 4
+    assert all(complete and width > 0 for complete, width, _ in page["images"])
+    assert shot.stat().st_size > 10_000
     second = distill_cli("run", cfg).stdout
     assert all(f"[{s}] up to date" in second for s in stages)
     # a training setting reruns train and what follows, nothing upstream
@@ -29,3 +38,16 @@ def test_run_skips_fresh_stages_and_reruns_changed_ones(tiny_teacher_dir, tmp_pa
     fourth = distill_cli("run", cfg, "--set", "prepare.arithmetic.n_eval=5", "--set", "generate.shard_size=7",
                       "--until", "generate").stdout
     assert "[prepare] up to date" in fourth and "[generate] running" in fourth and "0 pending" in fourth
+
+
+def test_report_of_a_run_with_missing_stages_marks_them(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", f"""
+        run: {{name: empty, artifacts_dir: {tmp_path / 'artifacts'}}}
+        prepare: {{arithmetic: {{n_train: 2, n_eval: 1}}}}
+        """)
+    distill_cli("prepare", cfg)
+    distill_cli("report", cfg)
+    page = (tmp_path / "artifacts/empty/report.html").read_text()
+    for stage in ("generate", "clean", "train", "eval"):
+        assert f"The <b>{stage}</b> stage has not run" in page
+    assert inspect_page((tmp_path / "artifacts/empty/report.html").as_uri(), tmp_path / "r.png")["errors"] == []
