@@ -30,6 +30,7 @@ import click
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import manifest
 from pipeline.config import CleanConfig, Config
@@ -196,23 +197,20 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return max(below, key=lambda br: (1 / br[0]) ** (1 / br[1])) if below else options[-1]
 
 
-def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 2048) -> int:
-    """Table `minhash(sample_id, sig UINTEGER[num_perm])` over the current candidates: shingles of
-    near_dup_shingle words of the prompt and completion (stable crc32 word hashes combined in
-    numpy), minimized under num_perm multiply-shift hash functions."""
+def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int:
+    """Table `minhash(sample_id, sig UINTEGER[num_perm])` over the current candidates, a batch of
+    samples at a time (see signatures)."""
     rng = np.random.default_rng(seed)
-    a = rng.integers(1, 2**63, size=c.near_dup_num_perm, dtype=np.uint64) | np.uint64(1)  # odd multipliers
-    b = rng.integers(0, 2**63, size=c.near_dup_num_perm, dtype=np.uint64)
-    mix = rng.integers(1, 2**63, size=c.near_dup_shingle, dtype=np.uint64) | np.uint64(1)
-    query = con.cursor().sql("SELECT sample_id, lower(prompt_text || ' ' || reasoning || ' ' || answer) AS t "
-                             "FROM candidates")
+    mix = rng.integers(1, 2**63, size=c.near_dup_shingle, dtype=np.uint64) | np.uint64(1)  # odd multipliers
+    query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
     rows = 0
     for batch in query.to_arrow_reader(batch_rows):
-        sig = np.stack([_signature(t, a, b, mix) for t in batch.column("t").to_pylist()]) if len(batch) else \
-            np.empty((0, len(a)), np.uint32)
+        if not len(batch):
+            continue
+        sig = signatures(batch.column("t"), mix, c.near_dup_num_perm)
         table = pa.table({"sample_id": batch.column("sample_id"),
-                          "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), len(a))})
+                          "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), c.near_dup_num_perm)})
         con.register("minhash_batch", table)
         con.execute("INSERT INTO minhash SELECT * FROM minhash_batch")
         con.unregister("minhash_batch")
@@ -220,14 +218,40 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 2048) -> int
     return rows
 
 
-def _signature(text: str, a: np.ndarray, b: np.ndarray, mix: np.ndarray) -> np.ndarray:
-    words = np.fromiter((zlib.crc32(w.encode()) for w in text.split()), dtype=np.uint64)
-    k = len(mix)
-    if len(words) < k:
-        words = np.concatenate([words, np.zeros(k - len(words), np.uint64)])
+def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
+    """[n] texts -> [n, bins] uint32 one-permutation MinHash signatures (Li, Owen and Zhang 2012):
+    each shingle is hashed once, its top bits pick one of `bins` bins and each bin keeps its
+    minimum, so the cost is one hash per shingle instead of one per shingle and permutation; equal
+    bins between two texts estimate their Jaccard similarity. Words are lowercased and split on
+    whitespace, hashed with crc32 (stable across runs) once per distinct word of the batch; a
+    shingle is a weighted sum of k consecutive word hashes; a text shorter than k words is one
+    shingle. An empty bin holds 2**32 - 1."""
+    words = pc.utf8_split_whitespace(pc.utf8_lower(texts))
+    offsets = words.offsets.to_numpy().astype(np.int64)
+    encoded = pc.dictionary_encode(words.flatten())
+    distinct = np.fromiter((zlib.crc32(w.encode()) for w in encoded.dictionary.to_pylist()), dtype=np.uint64,
+                           count=len(encoded.dictionary))
+    k, n = len(mix), len(offsets) - 1
+    lengths = np.diff(offsets)
+    # k zero words after every text, so a window starting in one text never reads into the next
+    padded = offsets[:-1] + k * np.arange(n)
+    word_hash = np.zeros(offsets[-1] + k * n, dtype=np.uint64)
+    word_hash[np.repeat(padded - offsets[:-1], lengths) + np.arange(offsets[-1])] = \
+        distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+    counts = np.maximum(lengths - k + 1, 1)
+    first = np.cumsum(counts) - counts
+    starts = np.repeat(padded, counts) + np.arange(counts.sum()) - np.repeat(first, counts)
     with np.errstate(over="ignore"):  # the hashes wrap around 2**64 on purpose
-        shingles = sum(words[j:len(words) - k + 1 + j] * mix[j] for j in range(k))
-        return ((shingles[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0).astype(np.uint32)
+        h = sum(word_hash[starts + j] * mix[j] for j in range(k))
+        h ^= h >> np.uint64(31)  # splitmix64 finalizer: every output bit depends on every input bit
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    sig = np.full(n * bins, np.iinfo(np.uint32).max, dtype=np.uint32)
+    cell = np.repeat(np.arange(n), counts) * bins + (h % np.uint64(bins)).astype(np.int64)
+    np.minimum.at(sig, cell, (h >> np.uint64(32)).astype(np.uint32))
+    return sig.reshape(n, bins)
 
 
 # Tables computed in Python just before a rule whose SQL mentions them.

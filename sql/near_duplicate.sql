@@ -1,6 +1,6 @@
 -- near_duplicate: drops a sample whose prompt and completion are near duplicates of an earlier
--- sample's (by sample_id): MinHash signatures over word shingles (table minhash, built over the
--- candidates just before this rule), LSH banding into $lsh_bands bands of $lsh_rows rows to
+-- sample's (by sample_id): one-permutation MinHash signatures over word shingles (table minhash,
+-- built over the candidates just before this rule), LSH banding into $lsh_bands bands of $lsh_rows rows to
 -- find candidate pairs, then the signature's Jaccard estimate >= $near_dup_threshold.
 WITH bands AS (
     SELECT sample_id, b, hash(sig[b * getvariable('lsh_rows') + 1:(b + 1) * getvariable('lsh_rows')]) AS h
@@ -13,7 +13,11 @@ pairs AS (
 ),
 estimated AS (
     SELECT p.later_id,
-           list_sum(list_transform(list_zip(mx.sig, my.sig), lambda s: (s[1] = s[2])::INTEGER)) / len(mx.sig) AS jaccard
+           -- bins empty in both (4294967295: short texts) say nothing and are left out
+           list_sum(list_transform(list_zip(mx.sig, my.sig), lambda s: (s[1] = s[2] AND s[1] < 4294967295)::INTEGER))
+           / greatest(list_sum(list_transform(list_zip(mx.sig, my.sig),
+                                              lambda s: (s[1] < 4294967295 OR s[2] < 4294967295)::INTEGER)), 1)
+               AS jaccard
     FROM pairs p
     JOIN minhash mx ON mx.sample_id = p.first_id
     JOIN minhash my ON my.sample_id = p.later_id

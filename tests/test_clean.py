@@ -245,3 +245,20 @@ def test_memory_limit_and_temp_dir_reach_duckdb(tmp_path, limit):
     with clean.connect(cfg.clean, cfg.run_dir / "clean") as con:
         assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] in ("64.0 MiB", "61.0 MiB")
         assert str(tmp_path / "spill") in con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+
+
+def test_minhash_signatures_estimate_jaccard():
+    import numpy as np
+    import pyarrow as pa
+
+    words = [f"w{i}" for i in range(400)]
+    base = " ".join(words)
+    changed = " ".join(w if i % 40 else "CHANGED" for i, w in enumerate(words))  # 10 of 400 words
+    shingles = lambda t: {tuple(t.lower().split()[i:i + 5]) for i in range(len(t.split()) - 4)}  # noqa: E731
+    true = len(shingles(base) & shingles(changed)) / len(shingles(base) | shingles(changed))
+    mix = np.random.default_rng(0).integers(1, 2**63, size=5, dtype=np.uint64) | np.uint64(1)
+    sig = clean.signatures(pa.array([base, changed, "", "only three words", base.upper()]), mix, 256)
+    assert sig.shape == (5, 256) and sig.dtype == np.uint32
+    assert abs((sig[0] == sig[1]).mean() - true) < 0.08
+    assert (sig[0] == sig[4]).all()  # lowercased before hashing
+    assert (sig[3] < 2**32 - 1).sum() == 1  # a text shorter than a shingle is one shingle
