@@ -3,7 +3,8 @@ sequences, into artifacts/bench/train.json.
 
     distill bench train configs/quickstart.yaml --seq-len 4096 --steps 4
 
-Each mode trains in its own process (so peak RSS is its own), alternating SFT, KD, SFT, KD; the
+Each mode trains in its own process (so its peak memory is its own: RSS on CPU, the allocator's
+peak on a GPU), alternating SFT, KD, SFT, KD; the
 faster of the two runs per mode is kept. Step time is the median optimizer step after the first;
 `dataloader_share` is the time spent fetching and collating batches over the step time. The SFT
 steps are TRL's own loss (kd_weight 0); the KD steps are DistillTrainer's chunked loss.
@@ -61,8 +62,9 @@ def _worker(mode: str, student: str, seq_len: int, steps: int, k: int, out: str)
     from pipeline.train import DistillConfig, DistillTrainer, collate
 
     torch.manual_seed(0)
+    gpu = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(student)
-    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.bfloat16 if gpu else torch.float32)
     vocab = model.config.vocab_size
     rng = np.random.default_rng(0)
     prompt = 128
@@ -95,7 +97,8 @@ def _worker(mode: str, student: str, seq_len: int, steps: int, k: int, out: str)
         args = DistillConfig(output_dir=d, kd_weight=0.0 if mode == "sft" else 0.5, top_k=k, max_steps=steps,
                              per_device_train_batch_size=1, max_length=seq_len, report_to=[], save_strategy="no",
                              logging_steps=1000, remove_unused_columns=False, dataloader_num_workers=0,
-                             dataset_kwargs={"skip_prepare_dataset": True}, learning_rate=1e-5)
+                             dataset_kwargs={"skip_prepare_dataset": True}, learning_rate=1e-5,
+                             bf16=gpu, use_cpu=not gpu)
         trainer = DistillTrainer(model, args, train_dataset=dataset, processing_class=tokenizer,
                                  data_collator=timed_collate, callbacks=[timer])
         started = time.perf_counter()
@@ -103,8 +106,10 @@ def _worker(mode: str, student: str, seq_len: int, steps: int, k: int, out: str)
         total = time.perf_counter() - started
     # The collator runs between steps, outside on_step_begin/end: data share = its time / wall time.
     step = statistics.median(timer.times[1:]) if len(timer.times) > 1 else timer.times[0]
+    # peak memory: the GPU's allocator peak there, the process's peak RSS on CPU
+    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out).write_text(json.dumps({"step_s": step, "data_share": data_time[0] / total, "step_times": timer.times,
-                                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                                     "peak_rss_mb": peak, "device": "cuda" if gpu else "cpu"}))
 
 
 if __name__ == "__main__":
