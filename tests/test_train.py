@@ -109,3 +109,16 @@ def test_missing_or_mismatched_sidecar_is_one_line(traced, tmp_path):
     part.unlink()
     r = distill_cli("train", cfg, check=False)
     assert r.returncode == 1 and r.stderr.startswith(f"error: {part}: missing")
+
+
+def test_lora_with_gradient_checkpointing_saves_a_merged_model(traced, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg, _ = _copy(traced, tmp_path)
+    out = tmp_path / "lora"
+    distill_cli("train", cfg, "--set", f"train.output_dir={out}", "--set", "train.lora_r=4", "--set", "train.max_steps=2",
+                "--set", "train.gradient_checkpointing=true")
+    m, losses = _losses(out)
+    assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, not NaN
+    assert not (out / "model/adapter_config.json").exists()  # adapters merged: a plain model directory
+    AutoModelForCausalLM.from_pretrained(out / "model")
