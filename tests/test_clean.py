@@ -262,3 +262,17 @@ def test_minhash_signatures_estimate_jaccard():
     assert abs((sig[0] == sig[1]).mean() - true) < 0.08
     assert (sig[0] == sig[4]).all()  # lowercased before hashing
     assert (sig[3] < 2**32 - 1).sum() == 1  # a text shorter than a shingle is one shingle
+
+
+def test_decontamination_against_configured_eval_files(tmp_path):
+    extra = tmp_path / "benchmark.jsonl"
+    extra.write_text(json.dumps({"prompt": "Ben has 1 coin and finds 5 more. How many coins?"}) + "\n")
+    _, cfg = _run(tmp_path, extra=f"rules: [contaminated]\n          decontam_files: [{extra}]\n"
+                                  "          decontam_ngram: 6")
+    clean.run(cfg)
+    assert _rejects(cfg) == {"cap-0": "contaminated", "cap-1": "contaminated", "cap-2": "contaminated",
+                             "leak-0": "contaminated"}
+    missing = tmp_path / "nope.jsonl"
+    _, cfg = _run(tmp_path / "m", extra=f"rules: [contaminated]\n          decontam_files: [{missing}]")
+    with pytest.raises(Exception, match="nope.jsonl: no such file"):
+        clean.run(cfg)
