@@ -11,6 +11,7 @@ where DuckDB runs again, and both must drop the same rows for the same rules.
 """
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import regex
 
 from pipeline import clean
 from pipeline.config import RULES as CLEAN_RULES
-from pipeline.config import Config
+from pipeline.config import CleanConfig, Config
 
 WORDS = ("the a of to and we so then is are add take left right total number count each more less sum first next "
          "apples boxes pens coins cards marbles books step check answer result value times plus minus equals "
@@ -203,7 +204,9 @@ def bench_clean(cfg: Config, rows: int, sample: int) -> dict:
     gens, prompts = synthesize(base / "clean_data", rows)
     click.echo(f"  synthetic data: {rows:,} rows ({gens.stat().st_size / 1e6:.0f} MB Parquet) "
                f"in {time.perf_counter() - t:.0f}s")
-    cfg.clean.rules = RULES + ["near_duplicate"]
+    # the rules' default parameters, whatever the config file tunes for its own data
+    cfg.clean = dataclasses.replace(CleanConfig(), memory_limit=cfg.clean.memory_limit, temp_dir=cfg.clean.temp_dir,
+                                    threads=cfg.clean.threads, rules=RULES + ["near_duplicate"])
 
     full = _duckdb_clean(cfg, gens, prompts, RULES, scratch)
     rows_per_s = full["rows"] / (full["load"] + full["rules"])
