@@ -327,9 +327,10 @@ def _teacher_rows(cfg: Config, info: dict):
 def _retokenized_rows(cfg: Config, tokenizer, info: dict):
     """SFT on the text: the student's own chat template over the prompt, then the completion text."""
     prompts = {r["prompt_id"]: r for r in pq.read_table(cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
-    clean = pq.read_table(cfg.run_dir / "clean/clean.parquet").to_pylist()
     think_end = manifest.read(cfg, "generate")["settings"]["think_end"]
-    for row in clean:
+    batches = open_parquet(cfg.run_dir / "clean/clean.parquet").iter_batches(
+        batch_size=1024, columns=["sample_id", "prompt_id", "split", "reasoning", "answer"])
+    for row in (r for batch in batches for r in batch.to_pylist()):  # a batch in memory at a time
         if row["split"] != "train":
             continue
         p = prompts[row["prompt_id"]]
