@@ -163,14 +163,23 @@ def eval_cmd(config_file, overrides):
 
 
 @main.command("report")
-@click.argument("config_file", type=click.Path())
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value")
+@click.argument("target", metavar="RUN")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value (with a CONFIG)")
+@click.option("--artifacts-dir", default="artifacts", show_default=True, help="where runs live")
 @_one_line_errors
-def report_cmd(config_file, overrides):
-    """Write artifacts/<run>/report.html: one self-contained page about the whole run."""
-    from pipeline import report
+def report_cmd(target, overrides, artifacts_dir):
+    """Write artifacts/<run>/report.html: one self-contained page about the whole run.
 
-    report.run(config_mod.load(config_file, overrides))
+    RUN is a run name under artifacts/, a run directory, or the run's config file.
+    """
+    from pathlib import Path
+
+    from pipeline import inspect_sql, report
+
+    if Path(target).is_file() and Path(target).suffix in (".yaml", ".yml"):
+        report.run(config_mod.load(target, overrides))
+    else:
+        report.run(report.for_run(inspect_sql.resolve_run(target, artifacts_dir)))
 
 
 @main.command("bench")

@@ -3,7 +3,8 @@ scripts, no CDN) about the whole run: config and provenance, cleaning funnel, tr
 sample traces, training curves, the teacher / baseline / student comparison, generation
 throughput and storage. A stage that has not run is shown as a marked, missing section.
 
-    distill report configs/quickstart.yaml
+    distill report quickstart                    # a run name under artifacts/, or a run directory
+    distill report configs/quickstart.yaml       # or the run's config file
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import html
 import io
 import json
 import time
+from pathlib import Path
 
 import click
 import pyarrow.parquet as pq
 
 from pipeline import manifest
-from pipeline.config import Config
+from pipeline.config import Config, RunConfig
 from pipeline.files import atomic_path
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -25,6 +27,15 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 th{background:#f3f3f3}td.l,th.l{text-align:left}.missing{background:#fff3cd;padding:.6em;border:1px solid #e0c36c}
 pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;max-height:14em;overflow:auto;font-size:12px}
 details{margin:.3em 0}img{max-width:100%}"""
+
+
+def for_run(run_dir: Path) -> Config:
+    """What a report of an existing run directory needs: its name and place, and the config file
+    its stages recorded (for the commands the page suggests)."""
+    recorded = [json.loads(p.read_text()).get("config_file") for p in sorted(run_dir.glob("*/manifest.json"))]
+    cfg = Config(run=RunConfig(name=run_dir.name, artifacts_dir=str(run_dir.parent)))
+    cfg.file = next((f for f in recorded if f), "CONFIG")
+    return cfg
 
 
 COLORS = {"teacher": "#4c78a8", "baseline": "#f58518", "student": "#54a24b"}
@@ -85,10 +96,10 @@ def _provenance(cfg: Config, m: dict) -> str:
     models = m["models"]["models"] if m["models"] else {}
     model_rows = [{"model": k, "path": v["path"], "layers": v["num_layers"], "parameters": f"{v['parameters']:,}",
                    "vocab_sha": v["vocab_sha"]} for k, v in models.items()]
-    config = json.dumps({s: cfg.section(s) for s in ("run", "models", "generate", "clean", "train", "eval")}, indent=1)
+    config = json.dumps({stage: v["config"] for stage, v in m.items() if v}, indent=1)  # as each stage ran
     return ("<h2>Run and provenance</h2>" + _table(rows, ["stage", "finished", "seconds", "key", "git", "counts"])
             + _table(model_rows, ["model", "path", "layers", "parameters", "vocab_sha"])
-            + f"<details><summary>resolved config ({html.escape(cfg.file)})</summary><pre>{html.escape(config)}</pre>"
+            + f"<details><summary>resolved config per stage ({html.escape(cfg.file)})</summary><pre>{html.escape(config)}</pre>"
               "</details>")
 
 
