@@ -101,7 +101,7 @@ def _generate(cfg: Config, model_dir: str, prompts: list[dict]):
                             max_tokens=cfg.eval.max_new_tokens, seed=cfg.run.seed)
     llm.generate([TokensPrompt(prompt_token_ids=ids[0])], params, use_tqdm=False)  # warm-up, not timed
     started = time.perf_counter()
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=True)  # progress
     wall = time.perf_counter() - started
     generated = [[(c.text, len(c.token_ids), c.finish_reason) for c in o.outputs] for o in outputs]
     # single-request latency: a few prompts alone, as one user of a small on-device model sees it
