@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from pipeline import manifest
 from pipeline.config import CleanConfig, Config
 from pipeline.errors import PipelineError
-from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, read_table
+from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, open_table
 from pipeline.schema import CLEAN, CLEAN_REJECTS, GENERATIONS, PROMPTS, VERDICTS
 from pipeline.scoring import extract, is_correct
 
@@ -50,7 +50,7 @@ def run(cfg: Config) -> dict:
     out = cfg.run_dir / "clean"
     files = generation_files(cfg.run_dir / "generate" / "generations")
     prompts = cfg.run_dir / "prepare" / "prompts.parquet"
-    read_table(PROMPTS, prompts)  # schema check with the file named
+    open_table(PROMPTS, prompts)  # schema check with the file named
     if not files:
         click.secho(f"warning: {cfg.run_dir / 'generate/generations'}: no shards; the clean selection is empty",
                     fg="yellow", err=True)
@@ -62,9 +62,12 @@ def run(cfg: Config) -> dict:
         verify(con)
         funnel = apply_rules(con, cfg.clean)
         counts = {"samples": n, "kept": funnel[-1]["rows_out"] if funnel else n}
-        export(con, "clean", Path(cfg.clean.sql_dir) / "clean.sql", out / "clean.parquet", CLEAN)
-        export(con, "rejects", None, out / "rejects.parquet", CLEAN_REJECTS)
-        export(con, "verdicts", None, out / "verdicts.parquet", VERDICTS)
+        clean_sql = Path(cfg.clean.sql_dir) / "clean.sql"
+        define_view(con, "clean", clean_sql, clean_sql.read_text(encoding="utf-8"))
+        export(con, "SELECT * FROM clean", out / "clean.parquet", CLEAN, clean_sql)
+        export(con, "SELECT d.sample_id, s.prompt_id, s.split, d.rule FROM dropped d JOIN samples s USING (sample_id) "
+                    "ORDER BY d.rule_order, d.sample_id", out / "rejects.parquet", CLEAN_REJECTS, "rejects")
+        export(con, "SELECT * FROM verdicts", out / "verdicts.parquet", VERDICTS, "verdicts")
 
     m = manifest.write(cfg, "clean", started, counts, funnel=funnel)
     click.echo(f"clean: kept {counts['kept']} of {n} samples -> {out / 'clean.parquet'}")
@@ -79,7 +82,7 @@ def generation_files(directory: Path) -> list[Path]:
     """The finished generation shards, each checked against the schema with its name in the error."""
     files = sorted(p for p in directory.glob("*.parquet") if not p.name.endswith(TMP_SUFFIX))
     for f in files:
-        GENERATIONS.validate(open_parquet(f).schema_arrow, str(f))
+        open_table(GENERATIONS, f)
     return files
 
 
@@ -326,13 +329,9 @@ def _position(e: Exception) -> str:
 # Outputs
 
 
-def export(con, name: str, sql_file: Path | None, path: Path, spec) -> None:
-    """COPY a view (defined from sql_file when given) or table to Parquet, atomically."""
-    if sql_file is not None:
-        define_view(con, name, sql_file, sql_file.read_text(encoding="utf-8"))
-    query = {"rejects": "SELECT d.sample_id, s.prompt_id, s.split, d.rule FROM dropped d JOIN samples s "
-                        "USING (sample_id) ORDER BY d.rule_order, d.sample_id"}.get(name, f"SELECT * FROM {name}")
+def export(con, query: str, path: Path, spec, what) -> None:
+    """COPY a query's rows to Parquet atomically, checked against the table's schema."""
     with atomic_path(path) as tmp:
         con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
-        spec.validate(open_parquet(tmp).schema_arrow, f"{sql_file or name}: output")
+        spec.validate(open_parquet(tmp).schema_arrow, f"{what}: output")
 

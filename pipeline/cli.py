@@ -11,6 +11,7 @@ import click
 
 from pipeline import config as config_mod
 from pipeline.errors import PipelineError
+from pipeline.run import ORDER
 
 
 def _one_line_errors(fn):
@@ -65,8 +66,7 @@ def prepare_cmd(config_file, overrides, on_error):
 @main.command("run")
 @_config_args
 @click.option("--force", is_flag=True, help="rerun every stage even if its outputs are up to date")
-@click.option("--until", type=click.Choice(["models", "prepare", "generate", "clean", "train", "eval", "report"]),
-              help="stop after this stage")
+@click.option("--until", type=click.Choice(ORDER), help="stop after this stage")
 @_one_line_errors
 def run_cmd(config_file, overrides, force, until):
     """Run every stage in order, skipping those whose outputs are up to date."""

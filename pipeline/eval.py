@@ -157,35 +157,25 @@ def metrics(rows: list[dict], timing: dict, n: int) -> dict:
 def teacher_fidelity(cfg: Config, model_dir: Path) -> dict | None:
     from transformers import AutoModelForCausalLM
 
-    from pipeline.train import same_vocabulary
+    from pipeline.train import vocabulary_mismatch
 
     teacher_dir = Path(manifest.require(cfg, "models")["models"]["teacher"]["path"])
-    if not same_vocabulary(teacher_dir, model_dir):
+    if vocabulary_mismatch(teacher_dir, model_dir) is not None:
         return None  # KL on the teacher's token ids means nothing for another vocabulary
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     k = min(cfg.train.top_k, manifest.require(cfg, "generate")["settings"]["top_k"])
     kl_sum, agree, positions = 0.0, 0, 0
-    gen_dir = cfg.run_dir / "generate"
-    for part in sorted((gen_dir / "generations").glob("part-*.parquet")):
-        gens = pq.read_table(part, columns=["sample_id", "split", "prompt_token_ids"]).to_pylist()
-        prompts = {g["sample_id"]: g["prompt_token_ids"] for g in gens if g["split"] == "eval"}
-        if not prompts:
-            continue
-        table, order = topk.read_part(gen_dir / "teacher_topk" / part.name)
-        for row in table.to_pylist():
-            if row["sample_id"] not in prompts:
-                continue
-            tokens, _, ids, lps = topk.decode(row, order)
-            prompt = prompts[row["sample_id"]]
-            with torch.no_grad():
-                logits = model(torch.tensor([list(prompt) + tokens.tolist()])).logits[0]
-            logits = logits[len(prompt) - 1:len(prompt) - 1 + len(tokens)]
-            ids_t = torch.as_tensor(ids[:, :k], dtype=torch.long)
-            _, kl, _, _ = token_losses(logits, torch.as_tensor(tokens, dtype=torch.long), ids_t,
-                                       torch.as_tensor(lps[:, :k]), 1.0, "forward_kl", 0.5, cfg.train.tail)
-            kl_sum += kl.sum().item()
-            agree += (logits.argmax(-1) == ids_t[:, 0]).sum().item()
-            positions += len(tokens)
+    traces = topk.read_traces(cfg.run_dir / "generate", lambda s, split: split == "eval", k)
+    for _, prompt, tokens, ids, lps in traces:
+        with torch.no_grad():
+            logits = model(torch.tensor([list(prompt) + tokens.tolist()])).logits[0]
+        logits = logits[len(prompt) - 1:len(prompt) - 1 + len(tokens)]
+        ids_t = torch.as_tensor(ids, dtype=torch.long)
+        _, kl, _, _ = token_losses(logits, torch.as_tensor(tokens, dtype=torch.long), ids_t,
+                                   torch.as_tensor(lps), 1.0, "forward_kl", 0.5, cfg.train.tail)
+        kl_sum += kl.sum().item()
+        agree += (logits.argmax(-1) == ids_t[:, 0]).sum().item()
+        positions += len(tokens)
     if positions == 0:
         return None
     return {"fidelity_kl": round(kl_sum / positions, 4), "top1_agreement": round(agree / positions, 4),

@@ -49,10 +49,15 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
         raise PipelineError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
 
 
-def read_table(spec: Table, path: str | Path) -> pa.Table:
+def open_table(spec: Table, path: str | Path) -> pq.ParquetFile:
+    """A Parquet file checked against its table's schema; only the footer is read."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: missing (has the stage that writes it run?)")
-    table = open_parquet(path).read()
-    spec.validate(table.schema, str(path))
-    return table
+    f = open_parquet(path)
+    spec.validate(f.schema_arrow, str(path))
+    return f
+
+
+def read_table(spec: Table, path: str | Path) -> pa.Table:
+    return open_table(spec, path).read()

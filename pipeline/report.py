@@ -135,10 +135,11 @@ def _traces(cfg: Config, m: dict) -> str:
     gens = sorted((cfg.run_dir / "generate/generations").glob("part-*.parquet"))
     if not gens:
         return "<h2>Traces</h2>" + _missing("generate", cfg)
-    table = pq.read_table([str(p) for p in gens], columns=["sample_id", "prompt_text", "reasoning", "answer",
-                                                             "reasoning_tokens", "answer_tokens", "completion_tokens"])
+    # lengths of every sample, but the text of only the first shard's first samples
+    lengths = pq.read_table([str(p) for p in gens], columns=["reasoning_tokens", "answer_tokens"])
+    table = pq.read_table(gens[0], columns=["sample_id", "prompt_text", "reasoning", "answer", "completion_tokens"])
     fig, ax = _figure()
-    ax.hist([table["reasoning_tokens"].to_pylist(), table["answer_tokens"].to_pylist()], bins=30,
+    ax.hist([lengths["reasoning_tokens"].to_pylist(), lengths["answer_tokens"].to_pylist()], bins=30,
             label=["reasoning tokens", "answer tokens"])
     ax.set_xlabel("tokens per sample")
     ax.legend()

@@ -18,6 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import PipelineError
+from pipeline.files import open_table
+from pipeline.schema import GENERATIONS
+
 STEP = 0.02
 MAX_Q = np.iinfo(np.uint16).max  # logprobs below -1310 are clamped there: far past any useful mass
 ESCAPE = 255
@@ -103,6 +107,36 @@ def write_part(rows: list[dict], path: Path, schema: pa.Schema) -> None:
                                                       r["topk_logprobs"], rank_of, planes)} for r in rows]
     table = pa.Table.from_pylist(encoded, schema=schema).replace_schema_metadata({ORDER_KEY: pack_order(order)})
     pq.write_table(table, path, compression="zstd", compression_level=9)
+
+
+def read_traces(gen_dir: Path, wanted, k: int):
+    """Teacher traces with their top-k: (sample_id, prompt ids, completion ids [P], top-k ids [P, k],
+    top-k logprobs [P, k]) for every sample `wanted(sample_id, split)` accepts, one generation /
+    teacher_topk part pair in memory at a time. A missing sidecar, or top-k arrays that do not fit
+    the tokens or hold fewer than k candidates, is a one-line error naming the file."""
+    for part in sorted((gen_dir / "generations").glob("part-*.parquet")):
+        gens = open_table(GENERATIONS, part).read(columns=["sample_id", "split", "prompt_token_ids"])
+        prompts = {s: p for s, split, p in zip(*(gens[c].to_pylist() for c in gens.column_names))
+                   if wanted(s, split)}
+        if not prompts:
+            continue
+        sidecar = gen_dir / "teacher_topk" / part.name
+        if not sidecar.is_file():
+            raise PipelineError(f"{sidecar}: missing: the teacher_topk sidecar of {part} (selected samples need it)")
+        table, order = read_part(sidecar)
+        for row in table.to_pylist():
+            sid = row["sample_id"]
+            if sid not in prompts:
+                continue
+            try:
+                tokens, _, ids, lps = decode(row, order)
+            except (ValueError, IndexError):
+                raise PipelineError(f"{sidecar}: sample {sid}: top-k arrays do not match its "
+                                    f"{len(row['token_ids'])} tokens") from None
+            if ids.shape[0] != len(tokens) or ids.shape[1] < k:
+                raise PipelineError(f"{sidecar}: sample {sid}: top-k is {ids.shape[0]} x {ids.shape[1]} for "
+                                    f"{len(tokens)} tokens (need one row of >= {k} per token)")
+            yield sid, prompts[sid], tokens, ids[:, :k], lps[:, :k]
 
 
 def read_part(path: str | Path) -> tuple[pa.Table, np.ndarray]:

@@ -38,7 +38,7 @@ from pipeline.config import Config, section_hash
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, read_table, write_json
 from pipeline.losses import distill_loss
-from pipeline.schema import CLEAN, GENERATIONS
+from pipeline.schema import CLEAN
 
 
 @dataclass
@@ -144,13 +144,14 @@ def run(cfg: Config, resume: bool = False) -> dict:
     stored_k = gen["settings"]["top_k"]
     if t.kd_weight > 0 and t.top_k > stored_k:
         raise PipelineError(f"{cfg.file}: train.top_k={t.top_k} but generate stored only {stored_k} candidates")
+    mismatch = vocabulary_mismatch(teacher_dir, student_dir)
     if t.kd_weight > 0:
-        check_vocabularies(teacher_dir, student_dir)
+        check_vocabularies(teacher_dir, student_dir, mismatch)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    dataset, data_info = training_data(cfg, tokenizer, retokenize=not same_vocabulary(teacher_dir, student_dir))
+    dataset, data_info = training_data(cfg, tokenizer, retokenize=mismatch is not None)
     click.echo(f"train: {data_info['samples']} samples, {data_info['completion_tokens']} completion tokens "
                f"({data_info['truncated']} truncated to {t.max_length}); kd_weight {t.kd_weight}, "
                f"{t.divergence}, T={t.kd_temperature}, tail={t.tail}, k={t.top_k}")
@@ -217,19 +218,19 @@ def _vocab(model_dir: Path) -> dict:
     return AutoTokenizer.from_pretrained(model_dir).get_vocab()
 
 
-def same_vocabulary(teacher_dir: Path, student_dir: Path) -> bool:
-    """Every teacher token has the same id in the student (extra student tokens are fine)."""
+def vocabulary_mismatch(teacher_dir: Path, student_dir: Path) -> tuple[str, int, int | None] | None:
+    """The first teacher token whose id differs in the student, as (token, teacher id, student id),
+    or None when every teacher token has its id in the student (extra student tokens are fine)."""
     teacher, student = _vocab(teacher_dir), _vocab(student_dir)
-    return all(student.get(tok) == i for tok, i in teacher.items())
+    return next(((tok, i, student.get(tok)) for tok, i in teacher.items() if student.get(tok) != i), None)
 
 
-def check_vocabularies(teacher_dir: Path, student_dir: Path) -> None:
-    if not same_vocabulary(teacher_dir, student_dir):
-        teacher, student = _vocab(teacher_dir), _vocab(student_dir)
-        diff = next(tok for tok, i in teacher.items() if student.get(tok) != i)
+def check_vocabularies(teacher_dir: Path, student_dir: Path, mismatch) -> None:
+    if mismatch is not None:
+        tok, teacher_id, student_id = mismatch
         raise PipelineError(
-            f"{student_dir}: the student's vocabulary differs from the teacher's ({teacher_dir}): token {diff!r} is "
-            f"id {teacher[diff]} in the teacher, {student.get(diff)} in the student; logit distillation needs the "
+            f"{student_dir}: the student's vocabulary differs from the teacher's ({teacher_dir}): token {tok!r} is "
+            f"id {teacher_id} in the teacher, {student_id} in the student; logit distillation needs the "
             "same ids. Set train.kd_weight: 0 to fine-tune on the traces' text instead (SFT).")
 
 
@@ -284,40 +285,17 @@ def _teacher_rows(cfg: Config, info: dict):
     """Exact teacher ids: prompt ids + completion ids, with the decoded top-k per completion token."""
     wanted = _selection(cfg)
     found = set()
+    max_len = cfg.train.max_length
     gen_dir = cfg.run_dir / "generate"
-    max_len, k = cfg.train.max_length, cfg.train.top_k
-    for part in sorted((gen_dir / "generations").glob("part-*.parquet")):
-        gens = open_parquet(part).read(columns=["sample_id", "prompt_token_ids"])
-        GENERATIONS.validate(open_parquet(part).schema_arrow, str(part))
-        prompts = {s: p for s, p in zip(gens["sample_id"].to_pylist(), gens["prompt_token_ids"].to_pylist())
-                   if s in wanted}
-        if not prompts:
-            continue
-        sidecar = gen_dir / "teacher_topk" / part.name
-        if not sidecar.is_file():
-            raise PipelineError(f"{sidecar}: missing: the teacher_topk sidecar of {part} (selected samples need it)")
-        table, order = topk.read_part(sidecar)
-        for row in table.to_pylist():
-            sid = row["sample_id"]
-            if sid not in prompts:
-                continue
-            try:
-                tokens, _, ids, lps = topk.decode(row, order)
-            except (ValueError, IndexError):
-                raise PipelineError(f"{sidecar}: sample {sid}: top-k arrays do not match its "
-                                    f"{len(row['token_ids'])} tokens") from None
-            if ids.shape[0] != len(tokens) or ids.shape[1] < k:
-                raise PipelineError(f"{sidecar}: sample {sid}: top-k is {ids.shape[0]} x {ids.shape[1]} for "
-                                    f"{len(tokens)} tokens (need one row of >= {k} per token)")
-            prompt = prompts[sid]
-            keep = max(0, min(len(tokens), max_len - len(prompt)))
-            info["truncated"] += keep < len(tokens)
-            info["samples"] += keep > 0
-            info["completion_tokens"] += keep
-            found.add(sid)
-            if keep:
-                yield {"sample_id": sid, "input_ids": list(prompt) + tokens[:keep].tolist(), "prompt_len": len(prompt),
-                       "topk_ids": ids[:keep, :k], "topk_logprobs": lps[:keep, :k]}
+    for sid, prompt, tokens, ids, lps in topk.read_traces(gen_dir, lambda s, split: s in wanted, cfg.train.top_k):
+        keep = max(0, min(len(tokens), max_len - len(prompt)))
+        info["truncated"] += keep < len(tokens)
+        info["samples"] += keep > 0
+        info["completion_tokens"] += keep
+        found.add(sid)
+        if keep:
+            yield {"sample_id": sid, "input_ids": list(prompt) + tokens[:keep].tolist(), "prompt_len": len(prompt),
+                   "topk_ids": ids[:keep], "topk_logprobs": lps[:keep]}
     missing = set(wanted) - found
     if missing:
         raise PipelineError(f"{gen_dir / 'teacher_topk'}: no top-k for {len(missing)} selected samples "
