@@ -98,10 +98,10 @@ def test_missing_or_mismatched_sidecar_is_one_line(traced, tmp_path):
     cfg, run_dir = _copy(traced, tmp_path)
     part = sorted((run_dir / "generate/teacher_topk").glob("part-*.parquet"))[0]
     table = pq.read_table(part)
-    tokens = table.column("token_ids").to_pylist()
-    tokens[0] = tokens[0][:-1]
-    bad = table.set_column(table.schema.get_field_index("token_ids"), table.schema.field("token_ids"),
-                           pa.array(tokens, pa.list_(pa.int32()))).replace_schema_metadata(table.schema.metadata)
+    index = table.column("sampled_index").to_pylist()
+    index[0] = index[0][:-1]
+    bad = table.set_column(table.schema.get_field_index("sampled_index"), table.schema.field("sampled_index"),
+                           pa.array(index, pa.list_(pa.uint16()))).replace_schema_metadata(table.schema.metadata)
     pq.write_table(bad, part)
     r = distill_cli("train", cfg, check=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr
