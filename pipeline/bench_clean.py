@@ -143,7 +143,8 @@ def _repetitive(t: str, c) -> bool:
     if n < 4 * k:
         return False
     middle, tail = t[n // 2 - 1:n // 2 - 1 + k], t[-k:]
-    return max(t.count(middle) * len(middle), t.count(tail) * k) / n > c.max_repeated_share
+    size = len(t.encode())
+    return max(t.count(p) * len(p.encode()) for p in (middle, tail)) / size > c.max_repeated_share
 
 
 def _ngrams(text: str, n: int) -> set[str]:
@@ -186,7 +187,7 @@ def pandas_clean(cfg: Config, gens: Path, prompts: Path, verdicts: pd.DataFrame)
     common = set(freq[freq > max(1, c.decontam_max_prompt_share * len(grams))].index)
     leaked = {pid for pid, gs in grams.items() if (gs & eval_grams) - common}
     drop("contaminated", (df["split"] == "train") & df["prompt_id"].isin(leaked))
-    key = df["prompt_id"] + "\x00" + text.str.strip(" ").str.lower()
+    key = df["prompt_id"] + "\x00" + text.str.lower()
     drop("exact_duplicate", df.assign(key=key).sort_values("sample_idx").groupby("key").cumcount()
          .reindex(df.index) > 0)
     order = df.sort_values(["completion_tokens", "sample_idx"])
@@ -234,7 +235,7 @@ def bench_clean(cfg: Config, rows: int, sample: int) -> dict:
         diff = {k for k in set(pandas_dropped) | set(part["dropped"]) if pandas_dropped.get(k) != part["dropped"].get(k)}
         click.echo(f"  differences ({len(diff)}), e.g. " + ", ".join(
             f"{k}: pandas {pandas_dropped.get(k)} / duckdb {part['dropped'].get(k)}" for k in sorted(diff)[:5]))
-    limit_mb = _megabytes(cfg.clean.memory_limit)
+    limit_mb = cfg.clean.memory_limit_mb
     return {
         "rows": full["rows"], "sample_rows": sample, "rules": RULES, "memory_limit_mb": limit_mb,
         "rows_per_s": round(rows_per_s), "peak_rss_mb": round(full["peak_rss_mb"]),
@@ -246,11 +247,3 @@ def bench_clean(cfg: Config, rows: int, sample: int) -> dict:
         "targets": {"speedup_vs_pandas": ">= 10", "rows_per_s": ">= 50000", "near_dup_rows_per_s": ">= 5000",
                     "peak_rss_mb": f"<= memory_limit_mb ({limit_mb})"},
     }
-
-
-def _megabytes(limit: str) -> float:
-    m = regex.fullmatch(r"\s*([\d.]+)\s*([KMGT]i?B)\s*", limit, flags=regex.IGNORECASE)
-    if not m:
-        return float("nan")
-    unit = m.group(2).upper().replace("I", "")
-    return float(m.group(1)) * {"KB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024**2}[unit]

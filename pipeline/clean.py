@@ -86,16 +86,23 @@ def generation_files(directory: Path) -> list[Path]:
     return files
 
 
+DUCKDB_SHARE = 0.85  # of clean.memory_limit
+
+
 @contextmanager
 def connect(c: CleanConfig, out: Path):
-    """A DuckDB database in a scratch directory: tables are compressed and spill to disk beyond
-    memory_limit, so a run larger than RAM completes instead of failing."""
+    """An in-memory DuckDB database whose tables are compressed and, beyond memory_limit, spill
+    to a scratch directory, so a run larger than RAM completes instead of failing (a database
+    file would write every table to disk even when it fits, at three times the load time)."""
     scratch = Path(c.temp_dir) if c.temp_dir else out / "duckdb.tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(dir=scratch))
-    con = duckdb.connect(str(workdir / "clean.duckdb"))
+    con = duckdb.connect()
     try:
-        con.execute(f"SET memory_limit = '{c.memory_limit}'")
+        con.execute("ATTACH ':memory:' AS clean (COMPRESS)")
+        con.execute("USE clean")
+        # DuckDB fills its limit before it spills; the rest is for Python (verdicts, MinHash batches)
+        con.execute(f"SET memory_limit = '{DUCKDB_SHARE * c.memory_limit_mb:.0f}MB'")
         con.execute(f"SET temp_directory = '{workdir / 'spill'}'")
         con.execute("SET preserve_insertion_order = false")
         if c.threads:
@@ -106,6 +113,13 @@ def connect(c: CleanConfig, out: Path):
     finally:
         con.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def reader(con, query: str):
+    """A query on its own cursor (in the clean database), so its batches stream while `con` writes."""
+    cursor = con.cursor()
+    cursor.execute("USE clean")
+    return cursor.sql(query)
 
 
 def set_variables(con, cfg: Config, teacher_reasons: bool) -> None:
@@ -170,7 +184,7 @@ def load_eval_texts(con, prompts: Path, extra: list[str]) -> None:
 
 def verify(con, batch_rows: int = 20000) -> int:
     """Table `verdicts(sample_id, extracted, correct)` for every sample whose prompt has a reference."""
-    query = con.cursor().sql("SELECT sample_id, task, reference, answer FROM samples WHERE reference IS NOT NULL")
+    query = reader(con, "SELECT sample_id, task, reference, answer FROM samples WHERE reference IS NOT NULL")
     ids, extracted, correct = [], [], []
     for batch in query.to_arrow_reader(batch_rows):
         for sid, task, ref, answer in zip(*(batch.column(i).to_pylist() for i in range(4))):
@@ -205,7 +219,7 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int
     samples at a time (see signatures)."""
     rng = np.random.default_rng(seed)
     mix = rng.integers(1, 2**63, size=c.near_dup_shingle, dtype=np.uint64) | np.uint64(1)  # odd multipliers
-    query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
+    query = reader(con, "SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
     rows = 0
     for batch in query.to_arrow_reader(batch_rows):

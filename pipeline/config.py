@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -198,6 +199,9 @@ RULES = ("truncated", "unclosed_reasoning", "empty_answer", "garbled", "repetiti
          "incorrect", "contaminated", "exact_duplicate", "near_duplicate", "per_prompt_cap")
 
 
+MEMORY = r"([\d.]+)\s*([KMGT]i?B)"
+
+
 @dataclass
 class CleanConfig:
     """Every rule is a file sql/<rule>.sql; `rules` lists those that run, in order."""
@@ -219,7 +223,7 @@ class CleanConfig:
     near_dup_num_perm: int = 64  # MinHash signature length (bins); Jaccard estimate error ~0.05 at 0.8
     max_per_prompt: int = 4  # passing samples kept per prompt
     per_prompt_policy: str = "shortest"  # shortest or random (seeded by run.seed)
-    memory_limit: str = "4GB"  # DuckDB spills to temp_dir beyond this instead of failing
+    memory_limit: str = "4GB"  # the clean process's memory; DuckDB spills to temp_dir beyond it instead of failing
     temp_dir: str = ""  # DuckDB spill directory; "" = artifacts/<run>/clean/duckdb.tmp
     threads: int = 0  # DuckDB threads; 0 = all cores
 
@@ -238,6 +242,13 @@ class CleanConfig:
         _check(self.max_per_prompt >= 1, "max_per_prompt", ">= 1")
         _check(self.per_prompt_policy in ("shortest", "random"), "per_prompt_policy", "shortest or random")
         _check(self.threads >= 0, "threads", ">= 0")
+        _check(re.fullmatch(MEMORY, self.memory_limit.strip(), flags=re.IGNORECASE) is not None, "memory_limit",
+               "a size such as 4GB, 512MB or 2GiB")
+
+    @property
+    def memory_limit_mb(self) -> float:
+        number, unit = re.fullmatch(MEMORY, self.memory_limit.strip(), flags=re.IGNORECASE).groups()
+        return float(number) * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[unit[0].upper()]
 
 
 @dataclass

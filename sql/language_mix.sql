@@ -2,28 +2,34 @@
 -- its letters are outside the prompt's dominant script (DeepSeek-R1 drifting into Chinese on an
 -- English prompt, or the reverse). Digits, punctuation and symbols do not count.
 WITH prompts AS (
-    SELECT DISTINCT prompt_id, prompt_text
+    SELECT prompt_id, any_value(prompt_text) AS p, strlen(p) = length(p) AS ascii
     FROM candidates
+    GROUP BY prompt_id
 ),
-prompt_letters AS (  -- letters per script; a pure-ASCII prompt (strlen = length) is Latin if it has letters
+ascii_scripts AS (  -- strlen (bytes) = length (characters) only for pure ASCII: its letters are Latin
+    SELECT prompt_id, CASE WHEN regexp_matches(p, '[A-Za-z]') THEN 'latin' ELSE 'none' END AS script
+    FROM prompts
+    WHERE ascii
+),
+letters AS (  -- letters per script of the other prompts
     SELECT
         prompt_id,
-        strlen(prompt_text) = length(prompt_text) AS ascii,
-        CASE WHEN ascii THEN length(prompt_text) - length(regexp_replace(prompt_text, '[A-Za-z]', '', 'g'))
-             ELSE length(regexp_replace(prompt_text, '[^\p{Latin}]', '', 'g')) END AS latin,
-        CASE WHEN ascii THEN 0
-             ELSE length(regexp_replace(prompt_text, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]', '', 'g')) END AS cjk,
-        CASE WHEN ascii THEN 0 ELSE length(regexp_replace(prompt_text, '[^\p{Cyrillic}]', '', 'g')) END AS cyrillic,
-        CASE WHEN ascii THEN 0 ELSE length(regexp_replace(prompt_text, '[^\p{Arabic}]', '', 'g')) END AS arabic
+        length(regexp_replace(p, '[^\p{Latin}]+', '', 'g')) AS latin,
+        length(regexp_replace(p, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]+', '', 'g')) AS cjk,
+        length(regexp_replace(p, '[^\p{Cyrillic}]+', '', 'g')) AS cyrillic,
+        length(regexp_replace(p, '[^\p{Arabic}]+', '', 'g')) AS arabic
     FROM prompts
+    WHERE NOT ascii
 ),
 prompt_script AS MATERIALIZED (  -- once per prompt, not per sample
+    SELECT * FROM ascii_scripts
+    UNION ALL
     SELECT
         prompt_id,
         CASE greatest(latin, cjk, cyrillic, arabic)
             WHEN 0 THEN 'none' WHEN latin THEN 'latin' WHEN cjk THEN 'cjk'
-            WHEN cyrillic THEN 'cyrillic' ELSE 'arabic' END AS script
-    FROM prompt_letters
+            WHEN cyrillic THEN 'cyrillic' ELSE 'arabic' END
+    FROM letters
 ),
 completion_letters AS (
     SELECT
@@ -33,12 +39,12 @@ completion_letters AS (
         -- strlen (bytes) = length (characters) only for pure ASCII: every letter is Latin, so an
         -- ASCII completion mixes scripts only under a non-Latin prompt, and no regex is needed
         strlen(t) = length(t) AS ascii,
-        CASE WHEN ascii THEN NULL ELSE length(regexp_replace(t, '[^\p{L}]', '', 'g')) END AS letters,
+        CASE WHEN ascii THEN NULL ELSE length(regexp_replace(t, '[^\p{L}]+', '', 'g')) END AS letters,
         CASE WHEN ascii THEN NULL
-             WHEN p.script = 'latin' THEN length(regexp_replace(t, '[^\p{Latin}]', '', 'g'))
-             WHEN p.script = 'cjk' THEN length(regexp_replace(t, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]', '', 'g'))
-             WHEN p.script = 'cyrillic' THEN length(regexp_replace(t, '[^\p{Cyrillic}]', '', 'g'))
-             WHEN p.script = 'arabic' THEN length(regexp_replace(t, '[^\p{Arabic}]', '', 'g'))
+             WHEN p.script = 'latin' THEN length(regexp_replace(t, '[^\p{Latin}]+', '', 'g'))
+             WHEN p.script = 'cjk' THEN length(regexp_replace(t, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]+', '', 'g'))
+             WHEN p.script = 'cyrillic' THEN length(regexp_replace(t, '[^\p{Cyrillic}]+', '', 'g'))
+             WHEN p.script = 'arabic' THEN length(regexp_replace(t, '[^\p{Arabic}]+', '', 'g'))
              ELSE letters END AS in_script
     FROM candidates c
     JOIN prompt_script p USING (prompt_id)

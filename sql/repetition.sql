@@ -1,22 +1,23 @@
 -- repetition: drops degenerate loops. Two probes of $repeat_probe_chars characters, one from the
 -- middle of the completion and one from its end, are counted through the whole text; when the
--- copies of either cover more than $max_repeated_share of it, the text is mostly one n-gram or
+-- copies of either cover more than $max_repeated_share of its bytes, the text is mostly one n-gram or
 -- line said over and over. (Two substring counts per row: a loop covers much of the text, so a
 -- probe lands in it; counting every n-gram costs twenty times more.)
 WITH texts AS (
-    SELECT sample_id, reasoning || answer AS t, length(t) AS n
+    SELECT sample_id, reasoning || answer AS t, length(reasoning) + length(answer) AS n
     FROM candidates
-    WHERE length(reasoning || answer) >= 4 * getvariable('repeat_probe_chars')
+    WHERE n >= 4 * getvariable('repeat_probe_chars')
 ),
 probes AS (
-    SELECT sample_id, t, n,
+    SELECT sample_id, t, n, strlen(t) AS bytes,
            substring(t, n // 2, getvariable('repeat_probe_chars')) AS middle,
-           right(t, getvariable('repeat_probe_chars')) AS tail
+           substring(t, n - getvariable('repeat_probe_chars') + 1) AS tail
     FROM texts
 ),
 coverage AS (
     SELECT sample_id,
-           greatest(n - length(replace(t, middle, '')), n - length(replace(t, tail, ''))) / n AS repeated_share
+           greatest(bytes - strlen(replace(t, middle, '')), bytes - strlen(replace(t, tail, ''))) / bytes
+               AS repeated_share
     FROM probes
 )
 SELECT sample_id

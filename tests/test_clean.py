@@ -243,7 +243,8 @@ def test_sql_views_formats_and_canned_queries(tmp_path):
 def test_memory_limit_and_temp_dir_reach_duckdb(tmp_path, limit):
     _, cfg = _run(tmp_path, extra=f"memory_limit: {limit}\n          temp_dir: {tmp_path / 'spill'}")
     with clean.connect(cfg.clean, cfg.run_dir / "clean") as con:
-        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] in ("64.0 MiB", "61.0 MiB")
+        # 85% of it: the rest is the Python side's
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] in ("54.0 MiB", "51.4 MiB")
         assert str(tmp_path / "spill") in con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
 
 
