@@ -105,6 +105,8 @@ def connect(c: CleanConfig, out: Path):
         con.execute(f"SET memory_limit = '{DUCKDB_SHARE * c.memory_limit_mb:.0f}MB'")
         con.execute(f"SET temp_directory = '{workdir / 'spill'}'")
         con.execute("SET preserve_insertion_order = false")
+        # no automatic checkpoints: each one recompressed the database, seconds per rule
+        con.execute("SET checkpoint_threshold = '1TB'")
         if c.threads:
             con.execute(f"SET threads = {c.threads}")
         yield con
@@ -139,7 +141,8 @@ def load_samples(con, files: list[Path], prompts: Path) -> int:
         CREATE TABLE samples AS
         SELECT {cols}, p.task, p.source, p.difficulty, p.reference,
                array_to_string(list_transform(list_filter(p.messages, lambda m: m.role = 'user'), lambda m: m.content),
-                               chr(10)) AS prompt_text
+                               chr(10)) AS prompt_text,
+               true AS kept
         FROM {source} g
         LEFT JOIN read_parquet('{prompts}') p USING (prompt_id)""")
     orphans = con.execute("SELECT count(*), any_value(prompt_id) FROM samples WHERE task IS NULL").fetchall()[0]
@@ -147,8 +150,9 @@ def load_samples(con, files: list[Path], prompts: Path) -> int:
         raise PipelineError(f"{prompts}: {orphans[0]} generations refer to prompts it does not hold "
                             f"(e.g. {orphans[1]}); was prepare rerun after generate?")
     con.execute("CREATE TABLE dropped (sample_id VARCHAR, rule VARCHAR, rule_order INTEGER)")
-    con.execute("""CREATE VIEW candidates AS
-                   SELECT s.* FROM samples s ANTI JOIN dropped d USING (sample_id)""")
+    # A flag rather than an anti-join with `dropped`: the planner may build that join's hash
+    # table on the samples side, text and all.
+    con.execute("CREATE VIEW candidates AS SELECT * EXCLUDE (kept) FROM samples WHERE kept")
     return con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
 
 
@@ -304,6 +308,8 @@ def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dic
             con.execute(f"INSERT INTO dropped SELECT DISTINCT sample_id, '{rule}', {order} FROM {rule}")
         except duckdb.Error as e:
             raise PipelineError(f"{path}: {_first_line(e)}") from None
+        con.execute("UPDATE samples SET kept = false FROM dropped d "
+                    "WHERE d.rule_order = ? AND samples.sample_id = d.sample_id", [order])
         dropped = con.execute("SELECT count(*) FROM dropped WHERE rule_order = ?", [order]).fetchall()[0][0]
         funnel.append({"rule": rule, "rows_in": rows_in, "dropped": dropped, "rows_out": rows_in - dropped,
                        "seconds": round(time.time() - t, 3)})
