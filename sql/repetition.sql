@@ -11,7 +11,8 @@ WITH texts AS (
 probes AS (
     SELECT sample_id, t, n, strlen(t) AS bytes,
            substring(t, n // 2, getvariable('repeat_probe_chars')) AS middle,
-           substring(t, n - getvariable('repeat_probe_chars') + 1) AS tail
+           -- end-anchored, so RE2 reads from the end: substring() would walk the whole UTF-8 text
+           regexp_extract(t, '(?s).{' || getvariable('repeat_probe_chars') || '}$') AS tail
     FROM texts
 ),
 coverage AS (
