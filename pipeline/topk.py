@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.files import open_table
-from pipeline.schema import GENERATIONS
+from pipeline.schema import GENERATIONS, TEACHER_TOPK
 
 STEP = 0.02
 MAX_Q = np.iinfo(np.uint16).max  # logprobs below -1310 are clamped there: far past any useful mass
@@ -150,6 +150,10 @@ def read_traces(gen_dir: Path, wanted, k: int):
 
 
 def read_part(path: str | Path) -> tuple[pa.Table, np.ndarray]:
-    """A teacher_topk part and the id order its rows decode with."""
-    table = pq.read_table(path)
-    return table, unpack_order(table.schema.metadata[ORDER_KEY])
+    """A teacher_topk part, checked against the schema (a part in another layout is a one-line
+    error naming it), and the id order its rows decode with."""
+    f = open_table(TEACHER_TOPK, path)
+    order = (f.metadata.metadata or {}).get(ORDER_KEY)
+    if order is None:
+        raise PipelineError(f"{path}: no {ORDER_KEY.decode()} in its Parquet metadata (not written by distill generate)")
+    return f.read(), unpack_order(order)

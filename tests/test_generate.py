@@ -177,6 +177,23 @@ def test_topk_codec_roundtrip_and_error_bound(tmp_path, vocab):
         assert np.abs(sampled - want["token_logprobs"])[~in_topk].max() <= 0.01 + 1e-5
 
 
+def test_topk_part_in_another_layout_is_a_one_line_error(tmp_path):
+    """A part of the earlier layout (int32 token_ids, one binary rank blob), or one without its id
+    order, names the file instead of failing inside decode."""
+    import pyarrow as pa
+
+    from pipeline.errors import PipelineError
+    old = tmp_path / "old.parquet"
+    pq.write_table(pa.table({"sample_id": ["s0"], "k": pa.array([1], pa.int16()), "token_ids": [[5]],
+                             "topk_ids": [b"\x00\x00"]}), old)
+    with pytest.raises(PipelineError, match=f"^{old}: not a teacher_topk table: column 'sampled_index' is missing"):
+        topk.read_part(old)
+    unordered = tmp_path / "unordered.parquet"
+    pq.write_table(TEACHER_TOPK.from_pylist([]), unordered)
+    with pytest.raises(PipelineError, match=f"^{unordered}: no topk_id_order in its Parquet metadata"):
+        topk.read_part(unordered)
+
+
 def test_score_mode_matches_teacher_forcing_in_transformers(tiny_teacher_dir, tmp_path):
     """--score on given completions: the stored top-k equals a float32 transformers forward pass."""
     import torch
