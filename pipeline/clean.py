@@ -18,8 +18,10 @@ the manifest.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 import zlib
@@ -96,7 +98,8 @@ def connect(c: CleanConfig, out: Path):
     file would write every table to disk even when it fits, at three times the load time)."""
     scratch = Path(c.temp_dir) if c.temp_dir else out / "duckdb.tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=scratch))
+    _remove_orphans(scratch)
+    workdir = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{socket.gethostname()}-{os.getpid()}-"))
     con = duckdb.connect()
     try:
         con.execute("ATTACH ':memory:' AS clean (COMPRESS)")
@@ -115,6 +118,25 @@ def connect(c: CleanConfig, out: Path):
     finally:
         con.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _remove_orphans(scratch: Path) -> None:
+    """Spill directories left by a killed clean on this host (their process is gone); those of
+    runs still going, or of other hosts sharing temp_dir, are left alone."""
+    for d in scratch.glob(f"{socket.gethostname()}-*-*"):
+        pid = d.name[len(socket.gethostname()) + 1:].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def reader(con, query: str):

@@ -248,6 +248,25 @@ def test_memory_limit_and_temp_dir_reach_duckdb(tmp_path, limit):
         assert str(tmp_path / "spill") in con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
 
 
+def test_spill_directory_of_a_killed_run_is_removed(tmp_path):
+    """A SIGKILLed clean cannot remove its spill directory; the next clean on this host does,
+    but leaves those of live processes alone."""
+    import os
+    import socket
+    import subprocess
+
+    from pipeline.config import CleanConfig
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()
+    orphan, live = tmp_path / f"{host}-{gone.pid}-abc", tmp_path / f"{host}-{os.getpid()}-def"
+    for d in (orphan, live):
+        (d / "spill").mkdir(parents=True)
+        (d / "spill" / "block").write_bytes(b"x")
+    with clean.connect(CleanConfig(temp_dir=str(tmp_path)), tmp_path):
+        assert not orphan.exists() and live.is_dir()
+
+
 def test_minhash_signatures_estimate_jaccard():
     import numpy as np
     import pyarrow as pa
