@@ -156,12 +156,15 @@ def set_variables(con, cfg: Config, teacher_reasons: bool) -> None:
 
 
 def load_samples(con, files: list[Path], prompts: Path) -> int:
-    """Table `samples`: generation text columns joined to their prompt's task, reference and text."""
+    """Table `samples`: generation text columns joined to their prompt's task, reference and text.
+    `completion_chars` (characters in reasoning + answer) is counted once here: several rules need
+    it, and strlen(reasoning) + strlen(answer) = completion_chars tells ASCII text at no cost."""
     cols = ", ".join(f"g.{c}" for c in SAMPLE_COLUMNS)
     source = f"read_parquet({[str(f) for f in files]})" if files else _empty_generations()
     con.execute(f"""
         CREATE TABLE samples AS
-        SELECT {cols}, p.task, p.source, p.difficulty, p.reference,
+        SELECT {cols}, length(g.reasoning) + length(g.answer) AS completion_chars,
+               p.task, p.source, p.difficulty, p.reference,
                array_to_string(list_transform(list_filter(p.messages, lambda m: m.role = 'user'), lambda m: m.content),
                                chr(10)) AS prompt_text,
                true AS kept

@@ -2,24 +2,44 @@
 -- $decontam_ngram-gram (lowercased, punctuation removed) with an evaluation prompt: the run's
 -- eval split plus clean.decontam_files (table eval_texts). N-grams found in more than
 -- $decontam_max_prompt_share of the train prompts are shared instructions ("put your final
--- answer in \boxed{}"), not leaked problems, and do not count. Train n-grams are matched against
--- the eval set before anything is counted, so only the few shared ones are ever grouped.
-WITH texts AS (
+-- answer in \boxed{}"), not leaked problems, and do not count.
+-- Only suspects are cut into n-grams: an n-gram holds a k-gram (k = ceil(n / 2)) that starts at
+-- one of every n - k + 1 word positions, so a train prompt that shares an n-gram with the eval
+-- set shares one of its k-grams at those positions too. Every prompt holding a shared n-gram is a
+-- suspect, so the shared-instruction counts are exact.
+WITH params AS (
+    SELECT getvariable('decontam_ngram') AS n, (n + 1) // 2 AS k, n - k + 1 AS stride
+),
+texts AS (
     SELECT 'eval' AS side, NULL AS prompt_id, text FROM eval_texts
     UNION ALL
-    SELECT DISTINCT 'train', prompt_id, prompt_text FROM candidates WHERE split = 'train'
+    SELECT 'train', prompt_id, any_value(prompt_text) FROM candidates WHERE split = 'train' GROUP BY prompt_id
 ),
-words AS (  -- one hash per word, then one per run of n words
+words AS MATERIALIZED (  -- one hash per word; read three times below
     SELECT side, prompt_id,
-           list_transform(string_split(trim(regexp_replace(lower(text), '[^\p{L}\p{N}]+', ' ', 'g')), ' '),
+           -- separators other than a space become one; the empty strings between spaces go. (A
+           -- regex replacing every separator run costs one match per word: twice the time.)
+           list_transform(list_filter(string_split(regexp_replace(lower(text), '[^\p{L}\p{N} ]+', ' ', 'g'), ' '),
+                                      lambda w: w <> ''),
                           lambda w: hash(w)) AS h
     FROM texts
 ),
-ngrams AS (
-    SELECT side, prompt_id,
-           unnest(list_transform(range(1, len(h) - getvariable('decontam_ngram') + 2),
-                                 lambda i: hash(h[i:i + getvariable('decontam_ngram') - 1]))) AS g
-    FROM words
+eval_kgrams AS (
+    SELECT DISTINCT unnest(list_transform(range(1, len(h) - k + 2), lambda i: hash(h[i:i + k - 1]))) AS g
+    FROM words, params
+    WHERE side = 'eval'
+),
+suspects AS (  -- train prompts with an eval k-gram at one of their sampled positions
+    SELECT DISTINCT prompt_id
+    FROM (SELECT prompt_id, unnest(list_transform(range(1, len(h) - k + 2, stride), lambda i: hash(h[i:i + k - 1]))) AS g
+          FROM words, params
+          WHERE side = 'train')
+    SEMI JOIN eval_kgrams USING (g)
+),
+ngrams AS (  -- one hash per run of n words, of the eval prompts and the suspects
+    SELECT side, prompt_id, unnest(list_transform(range(1, len(h) - n + 2), lambda i: hash(h[i:i + n - 1]))) AS g
+    FROM words, params
+    WHERE side = 'eval' OR prompt_id IN (SELECT prompt_id FROM suspects)
 ),
 eval_ngrams AS (
     SELECT DISTINCT g FROM ngrams WHERE side = 'eval'

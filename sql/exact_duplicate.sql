@@ -3,7 +3,7 @@
 -- near_duplicate. Lowercasing maps each character to one character, so only samples of the same
 -- prompt and the same length can be copies: the others are never lowercased or hashed.
 WITH lengths AS (
-    SELECT sample_id, prompt_id, length(reasoning) + length(answer) AS n
+    SELECT sample_id, prompt_id, completion_chars AS n
     FROM candidates
 ),
 same_length AS (

@@ -11,7 +11,7 @@ ascii_scripts AS (  -- strlen (bytes) = length (characters) only for pure ASCII:
     FROM prompts
     WHERE ascii
 ),
-letters AS (  -- letters per script of the other prompts
+prompt_letters AS (  -- letters per script of the other prompts
     SELECT
         prompt_id,
         length(regexp_replace(p, '[^\p{Latin}]+', '', 'g')) AS latin,
@@ -29,28 +29,36 @@ prompt_script AS MATERIALIZED (  -- once per prompt, not per sample
         CASE greatest(latin, cjk, cyrillic, arabic)
             WHEN 0 THEN 'none' WHEN latin THEN 'latin' WHEN cjk THEN 'cjk'
             WHEN cyrillic THEN 'cyrillic' ELSE 'arabic' END
-    FROM letters
+    FROM prompt_letters
 ),
-completion_letters AS (
-    SELECT
-        c.sample_id,
-        p.script,
-        c.reasoning || c.answer AS t,
-        -- strlen (bytes) = length (characters) only for pure ASCII: every letter is Latin, so an
-        -- ASCII completion mixes scripts only under a non-Latin prompt, and no regex is needed
-        strlen(t) = length(t) AS ascii,
-        CASE WHEN ascii THEN NULL ELSE length(regexp_replace(t, '[^\p{L}]+', '', 'g')) END AS letters,
-        CASE WHEN ascii THEN NULL
-             WHEN p.script = 'latin' THEN length(regexp_replace(t, '[^\p{Latin}]+', '', 'g'))
-             WHEN p.script = 'cjk' THEN length(regexp_replace(t, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]+', '', 'g'))
-             WHEN p.script = 'cyrillic' THEN length(regexp_replace(t, '[^\p{Cyrillic}]+', '', 'g'))
-             WHEN p.script = 'arabic' THEN length(regexp_replace(t, '[^\p{Arabic}]+', '', 'g'))
-             ELSE letters END AS in_script
+ascii_mixed AS (  -- bytes = characters only in pure ASCII, whose letters are all Latin: such a
+                  -- completion mixes scripts only under a non-Latin prompt, and needs no count
+    SELECT c.sample_id
     FROM candidates c
     JOIN prompt_script p USING (prompt_id)
-    WHERE p.script <> 'none'
+    WHERE strlen(c.reasoning) + strlen(c.answer) = c.completion_chars
+      AND p.script NOT IN ('latin', 'none')
+      AND regexp_matches(c.reasoning || c.answer, '[A-Za-z]')
+),
+other_completions AS MATERIALIZED (  -- not ASCII: few, and the filter stays before the counts
+    SELECT c.sample_id, p.script, c.reasoning || c.answer AS t
+    FROM candidates c
+    JOIN prompt_script p USING (prompt_id)
+    WHERE strlen(c.reasoning) + strlen(c.answer) <> c.completion_chars AND p.script <> 'none'
+),
+completion_letters AS (  -- letters in all and in the prompt's script
+    SELECT
+        sample_id,
+        length(regexp_replace(t, '[^\p{L}]+', '', 'g')) AS letters,
+        CASE script
+            WHEN 'latin' THEN length(regexp_replace(t, '[^\p{Latin}]+', '', 'g'))
+            WHEN 'cjk' THEN length(regexp_replace(t, '[^\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]+', '', 'g'))
+            WHEN 'cyrillic' THEN length(regexp_replace(t, '[^\p{Cyrillic}]+', '', 'g'))
+            ELSE length(regexp_replace(t, '[^\p{Arabic}]+', '', 'g')) END AS in_script
+    FROM other_completions
 )
+SELECT sample_id FROM ascii_mixed
+UNION ALL
 SELECT sample_id
 FROM completion_letters
-WHERE CASE WHEN ascii THEN script <> 'latin' AND regexp_matches(t, '[A-Za-z]')
-           ELSE letters > 0 AND 1 - in_script / letters > getvariable('max_script_mix') END
+WHERE letters > 0 AND 1 - in_script / letters > getvariable('max_script_mix')

@@ -4,14 +4,18 @@
 -- line said over and over. (Two substring counts per row: a loop covers much of the text, so a
 -- probe lands in it; counting every n-gram costs twenty times more.)
 WITH texts AS (
-    SELECT sample_id, reasoning || answer AS t, length(reasoning) + length(answer) AS n
+    SELECT sample_id, reasoning || answer AS t, strlen(t) AS bytes, completion_chars AS n
     FROM candidates
-    WHERE n >= 4 * getvariable('repeat_probe_chars')
+    WHERE completion_chars >= 4 * getvariable('repeat_probe_chars')
 ),
 probes AS (
-    SELECT sample_id, t, n, strlen(t) AS bytes,
-           substring(t, n // 2, getvariable('repeat_probe_chars')) AS middle,
-           -- end-anchored, so RE2 reads from the end: substring() would walk the whole UTF-8 text
+    SELECT sample_id, t, bytes,
+           -- substring() walks the UTF-8 text up to its start; in ASCII text (bytes = characters)
+           -- a byte slice is the same probe
+           CASE WHEN bytes = n
+                THEN decode(encode(t)[n // 2:n // 2 + getvariable('repeat_probe_chars') - 1])
+                ELSE substring(t, n // 2, getvariable('repeat_probe_chars')) END AS middle,
+           -- end-anchored, so RE2 reads from the end
            regexp_extract(t, '(?s).{' || getvariable('repeat_probe_chars') || '}$') AS tail
     FROM texts
 ),

@@ -5,6 +5,7 @@ import random
 import shutil
 import time
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 
@@ -296,3 +297,50 @@ def test_decontamination_against_configured_eval_files(tmp_path):
     _, cfg = _run(tmp_path / "m", extra=f"rules: [contaminated]\n          decontam_files: [{missing}]")
     with pytest.raises(Exception, match="nope.jsonl: no such file"):
         clean.run(cfg)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_decontamination_matches_a_naive_reference(n):
+    """The rule cuts only suspects (prompts sharing a sampled k-gram) into n-grams; it must drop
+    exactly what comparing every n-gram of every prompt drops, shared instructions included."""
+    rng = random.Random(n)
+    vocab = ["ant", "bee", "cat", "dog", "eel", "fox"]
+
+    def text(k):
+        return "".join(rng.choice(vocab) + rng.choice([" ", " ", " ", ", ", ".\n", "? "]) for _ in range(k))
+
+    evals = [text(rng.randint(3, 25)) for _ in range(15)]
+    train = {}
+    for i in range(150):
+        t = text(rng.randint(0, 25))
+        if i % 5 == 0:  # a copied stretch of an eval prompt, at any offset
+            words = rng.choice(evals).split()
+            start = rng.randint(0, len(words) - 1)
+            t = text(rng.randint(0, 6)) + " ".join(words[start:start + rng.randint(1, 12)]) + " " + t
+        train[f"t{i}"] = t
+
+    def ngrams(t):
+        w = [x for x in "".join(c if c.isalnum() else " " for c in t.lower()).split(" ") if x]
+        return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+    eval_grams = set().union(*map(ngrams, evals))
+    grams = {pid: ngrams(t) & eval_grams for pid, t in train.items()}
+    share = 0.05
+    counts = {}
+    for gs in grams.values():
+        for g in gs:
+            counts[g] = counts.get(g, 0) + 1
+    expected = {pid for pid, gs in grams.items() if any(counts[g] <= max(1, share * len(train)) for g in gs)}
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE eval_texts AS SELECT unnest(?::VARCHAR[]) AS text", [evals])
+    con.execute("CREATE TABLE candidates AS SELECT p AS prompt_id, p || '-0' AS sample_id, 'train' AS split, "
+                "t AS prompt_text FROM (SELECT unnest(?::VARCHAR[]) AS p, unnest(?::VARCHAR[]) AS t)",
+                [list(train), list(train.values())])
+    con.execute("SET VARIABLE decontam_ngram = ?", [n])
+    con.execute("SET VARIABLE decontam_max_prompt_share = ?", [share])
+    path, sql = clean.rule_sql(ROOT / "sql", "contaminated")
+    clean.define_view(con, "contaminated", path, sql)
+    dropped = {sid.removesuffix("-0") for (sid,) in con.execute("SELECT sample_id FROM contaminated").fetchall()}
+    assert dropped == expected
+    assert 0 < len(expected) < len(train) or n <= 2  # the case is not trivial
