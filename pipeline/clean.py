@@ -93,23 +93,19 @@ DUCKDB_SHARE = 0.85  # of clean.memory_limit
 
 @contextmanager
 def connect(c: CleanConfig, out: Path):
-    """An in-memory DuckDB database whose tables are compressed and, beyond memory_limit, spill
-    to a scratch directory, so a run larger than RAM completes instead of failing (a database
-    file would write every table to disk even when it fits, at three times the load time)."""
+    """An in-memory DuckDB database whose tables, beyond memory_limit, spill to a scratch
+    directory, so a run larger than RAM completes instead of failing (a database file would write
+    every table to disk even when it fits, at three times the load time)."""
     scratch = Path(c.temp_dir) if c.temp_dir else out / "duckdb.tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     _remove_orphans(scratch)
     workdir = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{socket.gethostname()}-{os.getpid()}-"))
     con = duckdb.connect()
     try:
-        con.execute("ATTACH ':memory:' AS clean (COMPRESS)")
-        con.execute("USE clean")
         # DuckDB fills its limit before it spills; the rest is for Python (verdicts, MinHash batches)
         con.execute(f"SET memory_limit = '{DUCKDB_SHARE * c.memory_limit_mb:.0f}MB'")
         con.execute(f"SET temp_directory = '{workdir / 'spill'}'")
         con.execute("SET preserve_insertion_order = false")
-        # no automatic checkpoints: each one recompressed the database, seconds per rule
-        con.execute("SET checkpoint_threshold = '1TB'")
         if c.threads:
             con.execute(f"SET threads = {c.threads}")
         yield con
@@ -140,10 +136,8 @@ def _alive(pid: int) -> bool:
 
 
 def reader(con, query: str):
-    """A query on its own cursor (in the clean database), so its batches stream while `con` writes."""
-    cursor = con.cursor()
-    cursor.execute("USE clean")
-    return cursor.sql(query)
+    """A query on its own cursor, so its batches stream while `con` writes."""
+    return con.cursor().sql(query)
 
 
 def set_variables(con, cfg: Config, teacher_reasons: bool) -> None:
