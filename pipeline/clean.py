@@ -135,11 +135,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def reader(con, query: str):
-    """A query on its own cursor, so its batches stream while `con` writes."""
-    return con.cursor().sql(query)
-
-
 def set_variables(con, cfg: Config, teacher_reasons: bool) -> None:
     c = cfg.clean
     values = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if not isinstance(getattr(c, f.name), list)}
@@ -207,7 +202,7 @@ def load_eval_texts(con, prompts: Path, extra: list[str]) -> None:
 
 def verify(con, batch_rows: int = 20000) -> int:
     """Table `verdicts(sample_id, extracted, correct)` for every sample whose prompt has a reference."""
-    query = reader(con, "SELECT sample_id, task, reference, answer FROM samples WHERE reference IS NOT NULL")
+    query = con.cursor().sql("SELECT sample_id, task, reference, answer FROM samples WHERE reference IS NOT NULL")
     ids, extracted, correct = [], [], []
     for batch in query.to_arrow_reader(batch_rows):
         for sid, task, ref, answer in zip(*(batch.column(i).to_pylist() for i in range(4))):
@@ -242,7 +237,8 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int
     samples at a time (see signatures)."""
     rng = np.random.default_rng(seed)
     mix = rng.integers(1, 2**63, size=c.near_dup_shingle, dtype=np.uint64) | np.uint64(1)  # odd multipliers
-    query = reader(con, "SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
+    # its own cursor, so the batches stream while `con` inserts them
+    query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
     rows = 0
     for batch in query.to_arrow_reader(batch_rows):
