@@ -50,12 +50,21 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
 
 
 def open_table(spec: Table, path: str | Path) -> pq.ParquetFile:
-    """A Parquet file checked against its table's schema; only the footer is read."""
+    """A Parquet file checked against its table's schema, nulls in columns the schema declares
+    non-null included (a foreign writer may not enforce them); only the footer is read."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: missing (has the stage that writes it run?)")
     f = open_parquet(path)
     spec.validate(f.schema_arrow, str(path))
+    leaves = {f.schema.column(i).path: i for i in range(f.metadata.num_columns)}
+    for c in spec.columns:
+        if c.nullable or c.name not in leaves:  # nested columns have leaves of other names
+            continue
+        stats = (f.metadata.row_group(g).column(leaves[c.name]).statistics for g in range(f.metadata.num_row_groups))
+        nulls = sum(s.null_count for s in stats if s is not None and s.has_null_count)
+        if nulls:
+            raise PipelineError(f"{path}: column '{c.name}' holds {nulls} nulls; the {spec.name} schema allows none")
     return f
 
 

@@ -6,6 +6,7 @@ import shutil
 import time
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -203,6 +204,13 @@ def test_wrong_schema_shard_is_named(tmp_path):
     pq.write_table(GENERATIONS.from_pylist(_samples()[:1]).drop(["answer"]), bad)
     r = distill_cli("clean", cfg_path, check=False)
     assert r.returncode == 1 and r.stderr.strip() == f"error: {bad}: not a generations table: column 'answer' is missing"
+    rows = GENERATIONS.from_pylist(_samples()[:2])
+    reasoning = rows.schema.get_field_index("reasoning")
+    pq.write_table(rows.set_column(reasoning, pa.field("reasoning", pa.string()), pa.array([None, "text"], pa.string())),
+                   bad)  # a writer that does not enforce the schema's non-null columns
+    r = distill_cli("clean", cfg_path, check=False)
+    assert r.returncode == 1 and r.stderr.strip() == (f"error: {bad}: column 'reasoning' holds 1 nulls; "
+                                                      "the generations schema allows none")
     bad.write_bytes(b"PAR1 garbage")
     r = distill_cli("clean", cfg_path, check=False)
     assert r.returncode == 1 and r.stderr.startswith(f"error: {bad}: not a readable Parquet file")
@@ -270,7 +278,6 @@ def test_spill_directory_of_a_killed_run_is_removed(tmp_path):
 
 def test_minhash_signatures_estimate_jaccard():
     import numpy as np
-    import pyarrow as pa
 
     words = [f"w{i}" for i in range(400)]
     base = " ".join(words)
