@@ -15,6 +15,7 @@ import numpy as np
 from pipeline import arithmetic, generate, models, topk
 from pipeline.config import Config
 from pipeline.files import write_json
+from pipeline.render import render
 
 
 def bench_generate(cfg: Config, n_prompts: int, max_new_tokens: int) -> dict:
@@ -33,7 +34,7 @@ def bench_generate(cfg: Config, n_prompts: int, max_new_tokens: int) -> dict:
     rows = arithmetic.problems(n_prompts, [1, 2, 3], seed=12345)
     prompts = [{"prompt_id": f"{i:016x}", "messages": [{"role": "user", "content": r["question"]}], "tools": None,
                 "split": "train"} for i, r in enumerate(rows)]
-    rendered = [(p, *generate.render(tokenizer, p, gen.system_prompt)) for p in prompts]
+    rendered = [(p, *render(tokenizer, p, gen.system_prompt, gen.think_start)) for p in prompts]
     seeds = [generate.prompt_seed(cfg.run.seed, p["prompt_id"], gen.n) for p in prompts]
 
     # Prefix caching off: later passes must not get the earlier passes' prefills for free.

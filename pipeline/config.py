@@ -153,11 +153,15 @@ class OpenAIConfig:
 
 # Published sampling settings per teacher; a field left unset in the YAML takes its preset's value.
 PRESETS = {
-    "default": dict(temperature=0.6, top_p=0.95, max_new_tokens=1024, think_end="</think>", system_prompt=True),
+    "default": dict(temperature=0.6, top_p=0.95, max_new_tokens=1024, think_end="</think>", think_start="",
+                    system_prompt=True),
     # DeepSeek-R1 model card: temperature 0.6, top-p 0.95, up to 32768 tokens, no system prompt.
-    "deepseek-r1": dict(temperature=0.6, top_p=0.95, max_new_tokens=32768, think_end="</think>", system_prompt=False),
+    # Its chat template ends the prompt with "<think>\n": generated text starts inside the reasoning.
+    "deepseek-r1": dict(temperature=0.6, top_p=0.95, max_new_tokens=32768, think_end="</think>",
+                        think_start="<think>\n", system_prompt=False),
     # SmolLM2-135M-Instruct is no reasoning model: the whole completion is the answer.
-    "smollm2": dict(temperature=0.6, top_p=0.95, max_new_tokens=256, think_end="", system_prompt=True),
+    "smollm2": dict(temperature=0.6, top_p=0.95, max_new_tokens=256, think_end="", think_start="",
+                    system_prompt=True),
 }
 
 
@@ -170,8 +174,13 @@ class GenerateConfig:
     top_p: float | None = None  # None: the preset's
     max_new_tokens: int | None = None  # None: the preset's
     think_end: str | None = None  # text closing the reasoning; "" for a teacher that does not reason
+    think_start: str | None = None  # text the teacher's template puts after the assistant marker (R1: "<think>\n"); students get it too
     system_prompt: bool | None = None  # False drops system messages (R1 is trained without one)
     top_k: int = 20  # teacher logprobs kept per generated token
+    # The eval split's traces measure fidelity: sampled from the teacher's raw distribution, their
+    # stored logprobs give its exact log-likelihood, so KL(teacher || student) per byte is unbiased.
+    eval_temperature: float = 1.0
+    eval_top_p: float = 1.0
     splits: list[str] = field(default_factory=lambda: ["train", "eval"])  # eval traces feed fidelity metrics
     shard_size: int = 512  # samples per Parquet shard: at most this much work is redone after a kill
     max_in_flight: int = 256  # prompts inside the engine at once: bounds memory for any prompt count
@@ -189,6 +198,8 @@ class GenerateConfig:
         _check(self.n >= 1, "n", ">= 1")
         _check(self.temperature >= 0, "temperature", ">= 0")
         _check(0 < self.top_p <= 1, "top_p", "in (0, 1]")
+        _check(self.eval_temperature >= 0, "eval_temperature", ">= 0")
+        _check(0 < self.eval_top_p <= 1, "eval_top_p", "in (0, 1]")
         _check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1")
         _check(1 <= self.top_k <= 1024, "top_k", "in 1..1024")
         _check(bool(self.splits) and set(self.splits) <= {"train", "eval"}, "splits", "train and/or eval")
@@ -251,12 +262,14 @@ class CleanConfig:
         return float(number) * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[unit[0].upper()]
 
 
-@dataclass
-class TrainConfig:
-    """Student training. The distillation fields go to DistillConfig (an SFTConfig subclass); the
-    rest are the TrainingArguments a run usually changes, and `extra` carries any other."""
+CROSS_TOKENIZER_LOSSES = ("topk+alm", "topk", "alm")
 
-    output_dir: str = ""  # "" = artifacts/<run>/train; a sweep writes elsewhere and reuses the cached data
+
+@dataclass
+class KDConfig:
+    """The distillation fields, defined once: the YAML's `train.<field>`, DistillConfig's field of
+    the same name (pipeline.train) and the loss's `opts.<field>` (pipeline.losses) are this."""
+
     kd_weight: float = 0.5  # share of the KD term against cross-entropy on the teacher's tokens (0 = SFT)
     kd_temperature: float = 1.0  # re-tempering of the stored raw logprobs; KD is scaled by T**2
     divergence: str = "forward_kl"  # forward_kl, reverse_kl or jsd
@@ -264,6 +277,19 @@ class TrainConfig:
     tail: str = "bucket"  # bucket (top-k + one bucket for the rest) or renormalize (top-k only)
     top_k: int = 20  # candidates used per position, at most what generate stored
     kd_chunk_size: int = 1024  # positions projected through the LM head at once (bounds KD memory)
+    # Student with another tokenizer: topk = the teacher's top-k mapped into the student's vocabulary
+    # where one teacher token starts an aligned group; alm = chunk likelihood matching on groups
+    # that are not one-to-one (numerals, merged words); topk+alm = both.
+    cross_tokenizer_loss: str = "topk+alm"
+
+
+@dataclass
+class TrainConfig(KDConfig):
+    """Student training: the distillation fields (KDConfig), then the TrainingArguments a run
+    usually changes under their own names (passed to DistillConfig as they are); `extra` carries
+    any other."""
+
+    output_dir: str = ""  # "" = artifacts/<run>/train; a sweep writes elsewhere and reuses the cached data
     learning_rate: float = 1e-4  # AdamW peak learning rate
     num_train_epochs: float = 1.0  # passes over the clean selection
     max_steps: int = -1  # > 0 overrides num_train_epochs
@@ -287,7 +313,10 @@ class TrainConfig:
         _check(self.divergence in ("forward_kl", "reverse_kl", "jsd"), "divergence", "forward_kl, reverse_kl or jsd")
         _check(0 <= self.jsd_beta <= 1, "jsd_beta", "in [0, 1]")
         _check(self.tail in ("bucket", "renormalize"), "tail", "bucket or renormalize")
-        _check(self.top_k >= 1 and self.kd_chunk_size >= 1, "top_k", ">= 1")
+        _check(self.top_k >= 1, "top_k", ">= 1")
+        _check(self.kd_chunk_size >= 1, "kd_chunk_size", ">= 1")
+        _check(self.cross_tokenizer_loss in CROSS_TOKENIZER_LOSSES, "cross_tokenizer_loss",
+               " | ".join(CROSS_TOKENIZER_LOSSES))
         _check(self.per_device_train_batch_size >= 1 and self.gradient_accumulation_steps >= 1,
                "per_device_train_batch_size", ">= 1")
         _check(self.max_length >= 8, "max_length", ">= 8")

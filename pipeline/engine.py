@@ -41,6 +41,12 @@ def engine_args(cfg: Config) -> dict:
     return args
 
 
+def sampling_of(prompt: dict, gen) -> tuple[float, float]:
+    """(temperature, top_p) for a prompt: the preset's for train, the raw distribution's for eval
+    (generate.eval_temperature / eval_top_p), whose traces measure fidelity."""
+    return (gen.eval_temperature, gen.eval_top_p) if prompt["split"] == "eval" else (gen.temperature, gen.top_p)
+
+
 def flat_to_arrays(lp, k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """vLLM FlatLogprobs -> (sampled logprob [P], top-k ids [P, k], top-k logprobs [P, k]) for the
     positions from `first` on. Each position holds the sampled (or, for prompt logprobs, the given)
@@ -104,6 +110,7 @@ class VLLMTeacher:
             seed = prompt_seed(self.cfg.run.seed, prompt["prompt_id"], g.n) if g.per_request_seed else None
             params = self.sampling_params(seed)
             params.max_tokens = min(g.max_new_tokens, g.engine.max_model_len - len(ids))
+            params.temperature, params.top_p = sampling_of(prompt, g)
             return ids, params, seed
 
         def completions(out, ids, seed, latency):
@@ -219,7 +226,8 @@ class OpenAITeacher:
 
         g = self.cfg.generate
         seed = prompt_seed(self.cfg.run.seed, prompt["prompt_id"], g.n) if g.per_request_seed else None
-        body = {"model": self.model, "prompt": ids, "n": g.n, "temperature": g.temperature, "top_p": g.top_p,
+        temperature, top_p = sampling_of(prompt, g)
+        body = {"model": self.model, "prompt": ids, "n": g.n, "temperature": temperature, "top_p": top_p,
                 "max_tokens": min(g.max_new_tokens, g.engine.max_model_len - len(ids)), "logprobs": g.top_k,
                 "return_tokens_as_token_ids": True, "skip_special_tokens": False}
         if seed is not None:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pipeline import manifest, topk
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.render import render
 from pipeline.files import TMP_SUFFIX, atomic_path, read_table, write_json, write_table
 from pipeline.schema import GENERATE_SKIPPED, GENERATIONS, PROMPTS, TEACHER_TOPK
 
@@ -106,6 +107,7 @@ def output_settings(cfg: Config, teacher: dict) -> dict:
     return {
         "teacher_weights_sha": teacher["weights_sha"], "tokenizer_sha": teacher["tokenizer_sha"],
         "vocab_sha": teacher["vocab_sha"], "n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
+        "eval_temperature": gen.eval_temperature, "eval_top_p": gen.eval_top_p, "think_start": gen.think_start,
         "max_new_tokens": gen.max_new_tokens, "max_model_len": gen.engine.max_model_len, "top_k": gen.top_k,
         "think_end": gen.think_end, "system_prompt": gen.system_prompt, "seed": cfg.run.seed,
         "per_request_seed": gen.per_request_seed, "logprobs_mode": "raw_logprobs",
@@ -135,19 +137,11 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def render(tokenizer, prompt: dict, system_prompt: bool) -> tuple[str, list[int]]:
-    """Chat template -> text -> ids without adding special tokens again (the template has them)."""
-    messages = [m for m in prompt["messages"] if system_prompt or m["role"] != "system"]
-    tools = json.loads(prompt["tools"]) if prompt["tools"] else None
-    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
-    return text, tokenizer.encode(text, add_special_tokens=False)
-
-
 def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict], score: bool):
     """Yield (prompt, text, ids) for the engine, or with `score` (prompt, text, ids, completion ids
     ending in EOS); a prompt (plus completion) too long for the context goes to `skipped`."""
     for p in prompts:
-        text, ids = render(tokenizer, p, gen.system_prompt)
+        text, ids = render(tokenizer, p, gen.system_prompt, gen.think_start)
         completion = tokenizer.encode(p["completion"], add_special_tokens=False) + [tokenizer.eos_token_id] \
             if score else []
         need = len(ids) + (len(completion) if score else 1)

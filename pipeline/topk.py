@@ -120,13 +120,14 @@ def write_part(rows: list[dict], path: Path, schema: pa.Schema) -> None:
 
 
 def read_traces(gen_dir: Path, wanted, k: int):
-    """Teacher traces with their top-k: (sample_id, prompt ids, completion ids [P], top-k ids [P, k],
-    top-k logprobs [P, k]) for every sample `wanted(sample_id, split)` accepts, one generation /
+    """Teacher traces with their top-k: (sample_id, prompt_id, prompt ids, completion ids [P],
+    sampled-token logprobs [P], top-k ids [P, k], top-k logprobs [P, k]) for every sample
+    `wanted(sample_id, split)` accepts, one generation /
     teacher_topk part pair in memory at a time. A missing sidecar, or top-k arrays that do not fit
     together or hold fewer than k candidates, is a one-line error naming the file."""
     for part in sorted((gen_dir / "generations").glob("part-*.parquet")):
-        gens = open_table(GENERATIONS, part).read(columns=["sample_id", "split", "prompt_token_ids"])
-        prompts = {s: p for s, split, p in zip(*(gens[c].to_pylist() for c in gens.column_names))
+        gens = open_table(GENERATIONS, part).read(columns=["sample_id", "split", "prompt_id", "prompt_token_ids"])
+        prompts = {s: (pid, p) for s, split, pid, p in zip(*(gens[c].to_pylist() for c in gens.column_names))
                    if wanted(s, split)}
         if not prompts:
             continue
@@ -139,14 +140,14 @@ def read_traces(gen_dir: Path, wanted, k: int):
             if sid not in prompts:
                 continue
             try:
-                tokens, _, ids, lps = decode(row, order)
+                tokens, sampled, ids, lps = decode(row, order)
             except (ValueError, IndexError):
                 raise PipelineError(f"{sidecar}: sample {sid}: top-k arrays do not match its "
                                     f"{len(row['sampled_index'])} tokens") from None
             if ids.shape[1] < k:
                 raise PipelineError(f"{sidecar}: sample {sid}: top-k holds {ids.shape[1]} candidates per token "
                                     f"(need >= {k})")
-            yield sid, prompts[sid], tokens, ids[:, :k], lps[:, :k]
+            yield sid, *prompts[sid], tokens, sampled, ids[:, :k], lps[:, :k]
 
 
 def read_part(path: str | Path) -> tuple[pa.Table, np.ndarray]:

@@ -8,7 +8,9 @@ DistillTrainer subclasses TRL's SFTTrainer and overrides only the loss: (1 - kd_
 the teacher's tokens + kd_weight * T^2 * divergence(teacher top-k || student), on completion
 tokens only, summed and divided by the completion tokens of the whole optimizer step (all
 micro-batches, all ranks). The LM head is applied in chunks (pipeline.losses), so KD never holds
-a [tokens x vocabulary] tensor.
+a [tokens x vocabulary] tensor. A student with another tokenizer learns through the byte
+alignment of pipeline.crosstok: the teacher's top-k mapped into its vocabulary where one teacher
+token starts a group, and the ALM chunk loss on groups that are not one-to-one.
 
 Data: the clean selection (train split) joined to the teacher_topk sidecar by sample_id, one
 generation/top-k part pair at a time, written once into a memory-mapped Arrow dataset under
@@ -16,6 +18,7 @@ artifacts/<run>/train_data/ that every sweep over the same data reuses.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -31,27 +34,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from pipeline import manifest, topk
-from pipeline.config import Config, section_hash
+from pipeline import crosstok, manifest, topk
+from pipeline.config import Config, KDConfig, section_hash
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, read_table, write_json
 from pipeline.losses import distill_loss
-from pipeline.schema import CLEAN
+from pipeline.render import render
+from pipeline.schema import CLEAN, PROMPTS
 
 
 @dataclass
-class DistillConfig(SFTConfig):
-    """SFTConfig plus the distillation fields, nothing else."""
-
-    kd_weight: float = field(default=0.5, metadata={"help": "Share of the KD term against CE (0 = plain SFT)."})
-    kd_temperature: float = field(default=1.0, metadata={"help": "Re-tempering of the stored logprobs; KD x T^2."})
-    divergence: str = field(default="forward_kl", metadata={"help": "forward_kl, reverse_kl or jsd."})
-    jsd_beta: float = field(default=0.5, metadata={"help": "Teacher weight of the jsd mixture."})
-    tail: str = field(default="bucket", metadata={"help": "bucket (top-k + rest) or renormalize (top-k only)."})
-    top_k: int = field(default=20, metadata={"help": "Stored candidates used per position."})
-    kd_chunk_size: int = field(default=1024, metadata={"help": "Positions per LM-head chunk in the KD loss."})
+class DistillConfig(KDConfig, SFTConfig):
+    """SFTConfig plus the distillation fields of the train config (KDConfig), nothing else."""
 
 
 class DistillTrainer(SFTTrainer):
@@ -62,29 +60,33 @@ class DistillTrainer(SFTTrainer):
         super().__init__(model=model, args=args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        topk_ids, topk_logprobs = inputs.pop("topk_ids"), inputs.pop("topk_logprobs")
+        targets = {key: inputs.pop(key) for key in DISTILL_KEYS if key in inputs}
         if self.args.kd_weight == 0:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        a = self.args
-        loss_sum, ce, kd, t_mass, s_mass = model(
+        k = self.args.top_k
+        loss_sum, ce, kd, alm, t_mass, s_mass = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"],
-            distill=dict(topk_ids=topk_ids[..., :a.top_k], topk_logprobs=topk_logprobs[..., :a.top_k],
-                         kd_weight=a.kd_weight, temperature=a.kd_temperature, kind=a.divergence, beta=a.jsd_beta,
-                         tail=a.tail, chunk=a.kd_chunk_size))
+            distill=dict(topk_ids=targets["topk_ids"][..., :k], topk_logprobs=targets["topk_logprobs"][..., :k],
+                         groups=targets.get("groups"), chunk_logprobs=targets.get("chunk_logprobs"), opts=self.args))
         tokens = (inputs["labels"][:, 1:] != -100).sum()
         denominator = num_items_in_batch if num_items_in_batch is not None else tokens
         loss = loss_sum / torch.as_tensor(denominator).clamp(min=1)
-        if a.average_tokens_across_devices and num_items_in_batch is not None:
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients across ranks
         n = self.accelerator.gather_for_metrics(tokens).sum().clamp(min=1)
-        for key, value in (("ce", ce), ("kd", kd), ("teacher_topk_mass", t_mass), ("student_topk_mass", s_mass)):
+        stats = (("ce", ce), ("kd", kd), ("teacher_topk_mass", t_mass), ("student_topk_mass", s_mass))
+        for key, value in stats + ((("alm", alm),) if "groups" in targets else ()):
             self._metrics["train"][key].append((self.accelerator.gather_for_metrics(value).sum() / n).item())
         return loss
 
 
+DISTILL_KEYS = ("topk_ids", "topk_logprobs", "groups", "chunk_logprobs")
+
+
 def _add_distill_head(model) -> None:
     """model(..., labels=, distill={...}) runs the backbone and the chunked KD loss instead of the
-    LM head. Patched on the model itself, so DDP, FSDP and PEFT wrappers call it like any forward."""
+    LM head. Patched on the model itself, so DDP, FSDP and PEFT wrappers call it like any forward
+    (their hooks unshard the root's parameters, the head's included, around it)."""
     original = model.forward
 
     @functools.wraps(type(model).forward)
@@ -98,15 +100,24 @@ def _add_distill_head(model) -> None:
         head = self.get_output_embeddings()
         if head.bias is not None:
             raise PipelineError("the chunked KD loss supports LM heads without bias only")
-        return distill_loss(hidden[mask], head.weight, labels[mask], distill["topk_ids"][:, 1:][mask],
-                            distill["topk_logprobs"][:, 1:][mask], distill["kd_weight"], distill["temperature"],
-                            distill["kind"], distill["beta"], distill["tail"], distill["chunk"])
+        weight = head.weight
+        if isinstance(weight, torch.distributed.tensor.DTensor):  # a head sharded on its own: gather it once
+            weight = weight.full_tensor()
+        groups, chunks = distill["groups"], distill["chunk_logprobs"]
+        with maybe_gather_lm_head_ctx(head.weight):  # DeepSpeed ZeRO-3 partitions it to nothing outside its module
+            return distill_loss(hidden[mask], weight, labels[mask], distill["topk_ids"][:, 1:][mask],
+                                distill["topk_logprobs"][:, 1:][mask], distill["opts"],
+                                None if groups is None else groups[:, 1:][mask],
+                                None if chunks is None else chunks[:, 1:][mask])
 
     model.forward = types.MethodType(forward, model)
 
 
 def collate(pad_id: int, k: int):
-    """Pad a batch: labels -100 on prompt and padding, top-k targets placed at completion positions."""
+    """Pad a batch: labels -100 on prompt and padding, top-k targets placed at completion positions
+    (ids -1 where there is no candidate). Rows aligned across tokenizers also get `groups` (a
+    batch-wide group id per completion position, -1 elsewhere) and `chunk_logprobs` (the teacher's
+    log-probability of the position's group; NaN where the group has no chunk loss)."""
 
     def fn(rows: list[dict]) -> dict:
         length = max(len(r["input_ids"]) for r in rows)
@@ -114,8 +125,12 @@ def collate(pad_id: int, k: int):
         input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
         attention = torch.zeros((batch, length), dtype=torch.long)
         labels = torch.full((batch, length), -100, dtype=torch.long)
-        ids = torch.zeros((batch, length, k), dtype=torch.long)
+        ids = torch.full((batch, length, k), -1, dtype=torch.long)
         lps = torch.zeros((batch, length, k), dtype=torch.float32)
+        cross = any(len(r.get("group_sizes") or ()) for r in rows)
+        groups = torch.full((batch, length), -1, dtype=torch.long)
+        chunk_lps = torch.full((batch, length), float("nan"), dtype=torch.float32)
+        next_group = 0
         for b, r in enumerate(rows):
             n, p = len(r["input_ids"]), r["prompt_len"]
             input_ids[b, :n] = torch.as_tensor(r["input_ids"])
@@ -124,8 +139,16 @@ def collate(pad_id: int, k: int):
             if r["topk_ids"] is not None and len(r["topk_ids"]):
                 ids[b, p:n] = torch.as_tensor(np.asarray(r["topk_ids"])[:, :k])
                 lps[b, p:n] = torch.as_tensor(np.asarray(r["topk_logprobs"])[:, :k])
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "topk_ids": ids,
-                "topk_logprobs": lps}
+            if cross:
+                sizes = np.asarray(r["group_sizes"], dtype=np.int64)
+                groups[b, p:n] = torch.as_tensor(np.repeat(np.arange(len(sizes)) + next_group, sizes))
+                chunk_lps[b, p:n] = torch.as_tensor(np.repeat(np.asarray(r["chunk_logprobs"], dtype=np.float32), sizes))
+                next_group += len(sizes)
+        out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "topk_ids": ids,
+               "topk_logprobs": lps}
+        if cross:
+            out.update(groups=groups, chunk_logprobs=chunk_lps)
+        return out
 
     return fn
 
@@ -144,33 +167,31 @@ def run(cfg: Config, resume: bool = False) -> dict:
     stored_k = gen["settings"]["top_k"]
     if t.kd_weight > 0 and t.top_k > stored_k:
         raise PipelineError(f"{cfg.file}: train.top_k={t.top_k} but generate stored only {stored_k} candidates")
-    mismatch = vocabulary_mismatch(teacher_dir, student_dir)
-    if t.kd_weight > 0:
-        check_vocabularies(teacher_dir, student_dir, mismatch)
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    dataset, data_info = training_data(cfg, tokenizer, retokenize=mismatch is not None)
+    tokenizer = crosstok.load_tokenizer(student_dir)
+    # Same vocabulary: the teacher's exact ids and top-k. Another vocabulary: KD through the
+    # byte alignment (crosstok), or with kd_weight 0 plain SFT on the re-tokenized text.
+    same = crosstok.vocabulary_mismatch(teacher_dir, student_dir) is None
+    mode = "same" if same else "cross" if t.kd_weight > 0 else "text"
+    dataset, data_info = training_data(cfg, tokenizer, mode)
     click.echo(f"train: {data_info['samples']} samples, {data_info['completion_tokens']} completion tokens "
                f"({data_info['truncated']} truncated to {t.max_length}); kd_weight {t.kd_weight}, "
-               f"{t.divergence}, T={t.kd_temperature}, tail={t.tail}, k={t.top_k}")
+               f"{t.divergence}, T={t.kd_temperature}, tail={t.tail}, k={t.top_k}"
+               + (f", across tokenizers: {t.cross_tokenizer_loss}" if mode == "cross" else ""))
+    if mode == "cross":
+        click.echo("train: alignment: " + ", ".join(f"{k} {v}" for k, v in data_info["alignment"].items()
+                                                     if k != "unaligned_ids"))
     if data_info["samples"] == 0:
         raise PipelineError(f"{cfg.run_dir / 'clean/clean.parquet'}: no train-split samples to learn from")
 
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.bfloat16 if t.bf16 else torch.float32)
+    # TrainConfig's fields that DistillConfig shares (the KD fields and the TrainingArguments it
+    # names) go over by name; output_dir is the stage's, the trainer's checkpoints live under it.
+    shared = {f.name for f in dataclasses.fields(DistillConfig)} - {"output_dir"}
     args = DistillConfig(
-        output_dir=str(out / "checkpoints"), kd_weight=t.kd_weight, kd_temperature=t.kd_temperature,
-        divergence=t.divergence, jsd_beta=t.jsd_beta, tail=t.tail, top_k=t.top_k, kd_chunk_size=t.kd_chunk_size,
-        learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
-        warmup_steps=t.warmup_steps, lr_scheduler_type=t.lr_scheduler_type, bf16=t.bf16,
-        gradient_checkpointing=t.gradient_checkpointing, logging_steps=t.logging_steps, save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit, seed=cfg.run.seed, report_to=["tensorboard"],
-        remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
+        **{f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name in shared},
+        output_dir=str(out / "checkpoints"), seed=cfg.run.seed, report_to=["tensorboard"],
+        remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),  # also makes a multi-process launch on CPU use DDP over gloo
         **t.extra)
     peft_config = None
@@ -198,7 +219,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     with_tmp.rename(out / "model")
     history = [h for h in trainer.state.log_history if "loss" in h]
     return manifest.write(cfg, "train", started, {**data_info, "steps": trainer.state.global_step},
-                          model=str(out / "model"), student_start=models["student"], data=data_info,
+                          model=str(out / "model"), student_start=models["student"], data=data_info, mode=mode,
                           train_loss=result.training_loss, log_history=trainer.state.log_history,
                           final_logs=history[-1] if history else {})
 
@@ -209,50 +230,30 @@ def _latest_checkpoint(directory: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizer guard
-
-
-def _vocab(model_dir: Path) -> dict:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir).get_vocab()
-
-
-def vocabulary_mismatch(teacher_dir: Path, student_dir: Path) -> tuple[str, int, int | None] | None:
-    """The first teacher token whose id differs in the student, as (token, teacher id, student id),
-    or None when every teacher token has its id in the student (extra student tokens are fine)."""
-    teacher, student = _vocab(teacher_dir), _vocab(student_dir)
-    return next(((tok, i, student.get(tok)) for tok, i in teacher.items() if student.get(tok) != i), None)
-
-
-def check_vocabularies(teacher_dir: Path, student_dir: Path, mismatch) -> None:
-    if mismatch is not None:
-        tok, teacher_id, student_id = mismatch
-        raise PipelineError(
-            f"{student_dir}: the student's vocabulary differs from the teacher's ({teacher_dir}): token {tok!r} is "
-            f"id {teacher_id} in the teacher, {student_id} in the student; logit distillation needs the "
-            "same ids. Set train.kd_weight: 0 to fine-tune on the traces' text instead (SFT).")
-
-
-# ---------------------------------------------------------------------------------------------
 # Data
 
 
 SCHEMA = pa.schema([("sample_id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("prompt_len", pa.int32()),
-                    ("topk_ids", pa.list_(pa.list_(pa.int32()))), ("topk_logprobs", pa.list_(pa.list_(pa.float32())))])
+                    ("topk_ids", pa.list_(pa.list_(pa.int32()))), ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+                    ("group_sizes", pa.list_(pa.int32())), ("chunk_logprobs", pa.list_(pa.float32()))])
 
 
-def training_data(cfg: Config, tokenizer, retokenize: bool):
+def training_data(cfg: Config, tokenizer, mode: str):
     """The memory-mapped training dataset (an Arrow stream file), built once per clean selection,
-    max_length and mode, in batches: memory does not grow with the number of traces."""
+    max_length, mode and tokenizer pair, in batches: memory does not grow with the number of
+    traces. `mode`: same (the teacher's ids and top-k), cross (aligned to another tokenizer) or
+    text (re-tokenized text, no top-k)."""
     from datasets import Dataset
 
     clean_key = manifest.read(cfg, "clean")["key"]
-    key = section_hash(clean_key, cfg.train.max_length, retokenize, cfg.train.top_k if not retokenize else 0)
+    models = manifest.require(cfg, "models")["models"]
+    g = cfg.generate
+    key = section_hash(clean_key, cfg.train.max_length, mode, cfg.train.top_k if mode != "text" else 0,
+                       models["teacher"]["tokenizer_sha"], crosstok.tokenizer_sha(tokenizer), g.system_prompt, g.think_start)
     cache = cfg.run_dir / "train_data" / key
     if not (cache / "info.json").is_file():
         info = {"samples": 0, "completion_tokens": 0, "truncated": 0}
-        rows = _retokenized_rows(cfg, tokenizer, info) if retokenize else _teacher_rows(cfg, info)
+        rows = {"same": _teacher_rows, "cross": _aligned_rows, "text": _retokenized_rows}[mode](cfg, tokenizer, info)
         cache.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache / "data.arrow") as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_stream(sink, SCHEMA) as writer:
@@ -272,7 +273,10 @@ def _to_arrow(rows: list[dict]) -> pa.Table:
     return pa.table({"sample_id": [r["sample_id"] for r in rows], "input_ids": [r["input_ids"] for r in rows],
                      "prompt_len": [r["prompt_len"] for r in rows],
                      "topk_ids": [np.asarray(r["topk_ids"]).tolist() for r in rows],
-                     "topk_logprobs": [np.asarray(r["topk_logprobs"]).tolist() for r in rows]}, schema=SCHEMA)
+                     "topk_logprobs": [np.asarray(r["topk_logprobs"]).tolist() for r in rows],
+                     "group_sizes": [np.asarray(r.get("group_sizes", []), dtype=np.int32).tolist() for r in rows],
+                     "chunk_logprobs": [np.asarray(r.get("chunk_logprobs", []), dtype=np.float32).tolist()
+                                        for r in rows]}, schema=SCHEMA)
 
 
 def _selection(cfg: Config) -> dict:
@@ -281,46 +285,95 @@ def _selection(cfg: Config) -> dict:
     return dict(zip(table["sample_id"].to_pylist(), range(table.num_rows)))
 
 
-def _teacher_rows(cfg: Config, info: dict):
-    """Exact teacher ids: prompt ids + completion ids, with the decoded top-k per completion token."""
+def _train_traces(cfg: Config):
+    """The selected train samples' traces (topk.read_traces), and a check that none is missing."""
     wanted = _selection(cfg)
     found = set()
-    max_len = cfg.train.max_length
     gen_dir = cfg.run_dir / "generate"
-    for sid, prompt, tokens, ids, lps in topk.read_traces(gen_dir, lambda s, split: s in wanted, cfg.train.top_k):
-        keep = max(0, min(len(tokens), max_len - len(prompt)))
-        info["truncated"] += keep < len(tokens)
-        info["samples"] += keep > 0
-        info["completion_tokens"] += keep
-        found.add(sid)
-        if keep:
-            yield {"sample_id": sid, "input_ids": list(prompt) + tokens[:keep].tolist(), "prompt_len": len(prompt),
-                   "topk_ids": ids[:keep], "topk_logprobs": lps[:keep]}
+    for trace in topk.read_traces(gen_dir, lambda s, split: s in wanted, cfg.train.top_k):
+        found.add(trace[0])
+        yield trace
     missing = set(wanted) - found
     if missing:
         raise PipelineError(f"{gen_dir / 'teacher_topk'}: no top-k for {len(missing)} selected samples "
                             f"(e.g. {sorted(missing)[0]})")
 
 
+def _count(info: dict, completion: int, keep: int) -> None:
+    info["truncated"] += keep < completion
+    info["samples"] += keep > 0
+    info["completion_tokens"] += keep
+
+
+def _teacher_rows(cfg: Config, tokenizer, info: dict):
+    """Exact teacher ids: prompt ids + completion ids, with the decoded top-k per completion token."""
+    for sid, _, prompt, tokens, _, ids, lps in _train_traces(cfg):
+        keep = max(0, min(len(tokens), cfg.train.max_length - len(prompt)))
+        _count(info, len(tokens), keep)
+        if keep:
+            yield {"sample_id": sid, "input_ids": list(prompt) + tokens[:keep].tolist(), "prompt_len": len(prompt),
+                   "topk_ids": ids[:keep], "topk_logprobs": lps[:keep]}
+
+
+def _prompts(cfg: Config) -> dict:
+    return {r["prompt_id"]: r for r in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
+
+
+def _aligned_rows(cfg: Config, tokenizer, info: dict):
+    """Another tokenizer: the prompt rendered for the student, the teacher's completion ids aligned
+    to the student's tokenization of the same bytes (crosstok.align). A sample that cannot be
+    aligned is counted and listed in the data's info, never silently lost."""
+    models = manifest.require(cfg, "models")["models"]
+    _, t_bytes, t_eos, s_bytes, vmap = crosstok.pair(cfg.models_dir, Path(models["teacher"]["path"]), tokenizer)
+    prompts = _prompts(cfg)
+    stats = {"teacher_tokens": 0, "one_to_one_groups": 0, "groups": 0, "unaligned": 0, "unaligned_ids": []}
+    for sid, prompt_id, _, tokens, sampled, ids, lps in _train_traces(cfg):
+        try:
+            a = crosstok.align(tokens, sampled, ids, lps, t_bytes, t_eos, tokenizer, s_bytes, vmap)
+        except crosstok.AlignmentError as e:
+            stats["unaligned"] += 1
+            stats["unaligned_ids"].append(f"{sid}: {e}")
+            continue
+        _, prompt = render(tokenizer, prompts[prompt_id], cfg.generate.system_prompt, cfg.generate.think_start)
+        keep = max(0, min(len(a.student_ids), cfg.train.max_length - len(prompt)))
+        _count(info, len(a.student_ids), keep)
+        stats["teacher_tokens"] += a.teacher_tokens
+        stats["one_to_one_groups"] += a.one_to_one
+        stats["groups"] += len(a.group_sizes)
+        if not keep:
+            continue
+        sizes, chunks = a.group_sizes, a.chunk_logprobs
+        if keep < len(a.student_ids):  # a group cut by max_length keeps its tokens but loses its chunk loss
+            last = int(np.searchsorted(np.cumsum(sizes), keep))
+            sizes, chunks = sizes[:last + 1].copy(), chunks[:last + 1].copy()
+            sizes[-1] -= int(np.cumsum(sizes)[-1] - keep)
+            chunks[-1] = np.nan
+        yield {"sample_id": sid, "input_ids": prompt + a.student_ids[:keep], "prompt_len": len(prompt),
+               "topk_ids": a.topk_ids[:keep], "topk_logprobs": a.topk_logprobs[:keep], "group_sizes": sizes,
+               "chunk_logprobs": chunks}
+    stats["unaligned_ids"] = stats["unaligned_ids"][:20]
+    stats["vocabulary"] = vmap.shares()
+    info["alignment"] = stats
+    if stats["unaligned"]:
+        click.secho(f"train: {stats['unaligned']} samples could not be aligned to the student's tokenizer and are not "
+                    f"trained on; listed in the train manifest (e.g. {stats['unaligned_ids'][0]})", fg="yellow",
+                    err=True)
+
+
 def _retokenized_rows(cfg: Config, tokenizer, info: dict):
-    """SFT on the text: the student's own chat template over the prompt, then the completion text."""
-    prompts = {r["prompt_id"]: r for r in pq.read_table(cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
+    """SFT on the text: the prompt rendered for the student, then the completion text re-tokenized."""
+    prompts = _prompts(cfg)
     think_end = manifest.read(cfg, "generate")["settings"]["think_end"]
     batches = open_parquet(cfg.run_dir / "clean/clean.parquet").iter_batches(
         batch_size=1024, columns=["sample_id", "prompt_id", "split", "reasoning", "answer"])
     for row in (r for batch in batches for r in batch.to_pylist()):  # a batch in memory at a time
         if row["split"] != "train":
             continue
-        p = prompts[row["prompt_id"]]
-        prompt = tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=True,
-                                               return_dict=False)
+        _, prompt = render(tokenizer, prompts[row["prompt_id"]], cfg.generate.system_prompt, cfg.generate.think_start)
         text = (row["reasoning"] + think_end if think_end else "") + row["answer"]
         completion = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         keep = max(0, min(len(completion), cfg.train.max_length - len(prompt)))
-        info["truncated"] += keep < len(completion)
-        info["samples"] += keep > 0
-        info["completion_tokens"] += keep
+        _count(info, len(completion), keep)
         if keep:
             yield {"sample_id": row["sample_id"], "input_ids": prompt + completion[:keep], "prompt_len": len(prompt),
                    "topk_ids": [], "topk_logprobs": []}
-

@@ -51,6 +51,45 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
+def make_tokenizer(out: Path, pre_tokenizer, special: list[str], vocab_size: int, eos: str, normalizer=None,
+                   added: tuple[str, ...] = ()) -> Path:
+    """A byte-level BPE trained on arithmetic problems and some Chinese, saved as an HF tokenizer
+    with a ChatML template; `added` are non-special added tokens (R1's `</think>` is one)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pipeline import arithmetic
+
+    corpus = [r["question"] + " " + r["answer"] for r in arithmetic.problems(200, [1, 2, 3], seed=7)]
+    corpus += ["我有三个苹果，她给了我两个。一共有几个？", "车窗打开一半，温度调到二十二度。"] * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_tokens(list(added))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=special[1], eos_token=eos,
+                                   pad_token=special[0], unk_token=special[0])
+    fast.chat_template = CHAT_TEMPLATE.replace("<|im_start|>", special[1]).replace("<|im_end|>", eos)
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def student_tokenizer_dir(tmp_path_factory) -> Path:
+    """Unlike the tiny teacher's, like Qwen2.5 against R1: every digit its own piece (the teacher's
+    BPE groups digits), another vocabulary size and id order, `</think>` a plain added token."""
+    from tokenizers import pre_tokenizers
+
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    return make_tokenizer(tmp_path_factory.mktemp("student_tokenizer"), pre,
+                          ["<pad>", "<|start|>", "<|end|>"], 400, "<|end|>", added=("<think>", "</think>"))
+
+
 def make_tiny_llama(tokenizer_dir: Path, out: Path, layers: int = 2, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

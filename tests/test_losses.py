@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline import losses
+from pipeline.config import KDConfig
 from pipeline.train import _add_distill_head, collate
 from tests.conftest import make_tiny_llama
 
@@ -111,7 +112,8 @@ def test_chunked_loss_values_and_gradients_match_autograd(tail, chunk):
     labels = torch.randint(0, V, (N,), generator=g)
     _, _, ids, lp = _case(seed=3, k=4)
     ids, lp = ids, lp.float()
-    loss, ce_sum, kd_sum, _, _ = losses.distill_loss(hidden, weight, labels, ids, lp, 0.3, 1.5, "jsd", 0.2, tail, chunk)
+    opts = KDConfig(kd_weight=0.3, kd_temperature=1.5, divergence="jsd", jsd_beta=0.2, tail=tail, kd_chunk_size=chunk)
+    loss, ce_sum, kd_sum, _, _, _ = losses.distill_loss(hidden, weight, labels, ids, lp, opts)
     (loss * 2).backward()
     got = hidden.grad.clone(), weight.grad.clone()
     hidden.grad, weight.grad = None, None
@@ -123,6 +125,90 @@ def test_chunked_loss_values_and_gradients_match_autograd(tail, chunk):
     torch.testing.assert_close(kd_sum, kd.sum().detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[0], hidden.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[1], weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def _naive_masked(student_logits, top_ids, top_lp, temperature, tail):
+    """Forward KL over each row's real candidates only (ids >= 0), float64 numpy."""
+    out = []
+    for n in range(student_logits.shape[0]):
+        keep = top_ids[n].numpy() >= 0
+        if not keep.any():
+            out.append(0.0)
+            continue
+        out.append(_naive(student_logits[n:n + 1], top_ids[n:n + 1, keep], top_lp[n:n + 1, keep], temperature,
+                          "forward_kl", 0.5, tail)[0])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_missing_candidates_count_as_absent(tail, temperature):
+    _, student, ids, lp = _case(seed=4, k=5)
+    ids = ids.clone()
+    ids[0, 2:] = -1  # a cross-tokenizer row: three candidates merged away or unmapped
+    ids[1, :] = -1  # a position with no candidate at all
+    ids[3, 4] = -1
+    lp = lp.masked_fill(ids < 0, float("-inf"))
+    _, kd, t_mass, _ = losses.token_losses(student.float(), ids[:, 0].clamp(min=0), ids, lp.float(), temperature,
+                                           "forward_kl", 0.5, tail)
+    np.testing.assert_allclose(kd.numpy(), _naive_masked(student, ids, lp, temperature, tail), rtol=1e-4, atol=1e-5)
+    assert kd[1] == 0 and t_mass[1] == 0 and torch.isfinite(kd).all()
+
+
+def _naive_alm(label_logprobs, groups, chunk_logprobs, temperature):
+    """Binary KL per group, float64 numpy, group by group."""
+    out = []
+    for g in np.unique(groups):
+        at = np.flatnonzero(groups == g)
+        t = chunk_logprobs[at[0]]
+        if np.isnan(t):
+            out.append(0.0)
+            continue
+        pt, ps = np.exp(t / temperature), np.exp(label_logprobs[at].sum() / temperature)
+        out.append(pt * np.log(pt / ps) + (1 - pt) * np.log((1 - pt) / (1 - ps)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_alm_chunk_loss_equals_naive_binary_kl(temperature):
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(6), [1, 3, 2, 1, 4, 2])
+    label_lp = -rng.random(len(groups)) * 2
+    chunk = np.repeat(-rng.random(6) * 3, [1, 3, 2, 1, 4, 2])
+    chunk[groups == 3] = np.nan  # a one-to-one group: no chunk loss
+    got = losses.chunk_losses(torch.tensor(label_lp), torch.tensor(groups), torch.tensor(chunk), temperature)
+    np.testing.assert_allclose(got.numpy(), _naive_alm(label_lp, groups, chunk, temperature), rtol=1e-4, atol=1e-6)
+    assert got[3] == 0
+
+
+@pytest.mark.parametrize("mode", ["topk+alm", "topk", "alm"])
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_cross_tokenizer_chunked_loss_matches_autograd(mode, chunk):
+    g = torch.Generator().manual_seed(6)
+    hidden = torch.randn(N, 16, generator=g, requires_grad=True)
+    weight = torch.randn(V, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, V, (N,), generator=g)
+    _, _, ids, lp = _case(seed=6, k=4)
+    ids, lp = ids.clone(), lp.float()
+    groups = torch.tensor([0, 1, 1, 1, 2, 3, 3])
+    ids[[2, 3, 6]] = -1  # only a group's first token carries candidates
+    lp = lp.masked_fill(ids < 0, float("-inf"))
+    chunk_lp = torch.tensor([float("nan"), -2.0, -2.0, -2.0, float("nan"), -0.7, -0.7])
+    opts = KDConfig(kd_weight=0.4, kd_temperature=1.0, tail="bucket", kd_chunk_size=chunk, cross_tokenizer_loss=mode)
+    loss, ce_sum, kd_sum, alm_sum, _, _ = losses.distill_loss(hidden, weight, labels, ids, lp, opts, groups, chunk_lp)
+    loss.backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad, weight.grad = None, None
+    ce, kd, _, _ = losses.token_losses(hidden @ weight.T, labels, ids, lp, 1.0, "forward_kl", 0.5, "bucket")
+    alm = losses.chunk_losses(-ce, groups, chunk_lp, 1.0)
+    ref = (0.6 * ce).sum() + (0.4 * kd.sum() if "topk" in mode else 0) + (0.4 * alm.sum() if "alm" in mode else 0)
+    ref.backward()
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0], hidden.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], weight.grad, rtol=1e-4, atol=1e-5)
+    assert (alm_sum > 0) == ("alm" in mode)
+    assert losses.chunk_bounds(N, chunk, groups) == {1: [(0, 1), (1, 4), (4, 5), (5, 7)], 3: [(0, 4), (4, 7)],
+                                                     100: [(0, 7)]}[chunk]
 
 
 def _rows(vocab, k, seed=0):
@@ -137,7 +223,7 @@ def _rows(vocab, k, seed=0):
 
 
 def _distill_args(k):
-    return dict(kd_weight=0.5, temperature=1.0, kind="forward_kl", beta=0.5, tail="bucket", chunk=4)
+    return dict(opts=KDConfig(kd_weight=0.5, kd_chunk_size=4), groups=None, chunk_logprobs=None)
 
 
 def test_prompt_and_padding_positions_are_ignored(tiny_tokenizer_dir, tmp_path):
@@ -171,7 +257,7 @@ def test_two_steps_change_every_parameter_and_lower_kd(tiny_tokenizer_dir, tmp_p
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     kds = []
     for _ in range(3):
-        loss, _, kd, _, _ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        loss, _, kd, _, _, _ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   labels=batch["labels"], distill=dict(topk_ids=batch["topk_ids"],
                                                                        topk_logprobs=batch["topk_logprobs"],
                                                                        **_distill_args(k)))
