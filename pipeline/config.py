@@ -48,12 +48,16 @@ class RunConfig:
 @dataclass
 class ModelsConfig:
     teacher: str = "smollm2-135m-instruct"  # embedded name, local HF directory, or hub id (online only)
-    student: str = "pruned"  # "pruned" = depth-pruned copy of the teacher, or a directory / hub id
+    # "pruned" = depth-pruned copy of the teacher; "pruned-retokenized" = the same with a tokenizer
+    # of its own (cross-tokenizer KD on CPU); or a directory / hub id
+    student: str = "pruned"
+    student_vocab_size: int = 16384  # pruned-retokenized: pieces in the student's own BPE vocabulary
     student_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 28, 29])  # teacher layers kept
     dtype: str = "bfloat16"  # storage dtype of converted weights
 
     def __post_init__(self):
         _check(bool(self.teacher), "teacher", "must not be empty")
+        _check(512 <= self.student_vocab_size <= 1_000_000, "student_vocab_size", "in 512..1000000")
         _check(len(self.student_layers) > 0, "student_layers", "must keep at least one layer")
         _check(all(i >= 0 for i in self.student_layers), "student_layers", "layer indices must be >= 0")
         _check(len(set(self.student_layers)) == len(self.student_layers), "student_layers", "has repeats")

@@ -20,6 +20,7 @@ through a student that has another tokenizer. Nothing new is captured at generat
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -233,11 +234,7 @@ def student_ids_and_groups(teacher_ids, t_bytes: list[bytes | None], teacher_eos
         if a == b:
             return
         data = b"".join(t_bytes[t] for t in teacher_ids[a:b])
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise AlignmentError(f"completion text is not UTF-8 at teacher token {a + _token_at(teacher_ids[a:b], t_bytes, e.start)}") from None
-        ids = student.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        ids = _spell(data, student, s_bytes)
         pieces = [s_bytes[i] if i < len(s_bytes) else None for i in ids]
         if any(not p for p in pieces) or b"".join(pieces) != data:
             raise AlignmentError(f"the student's pieces do not spell the teacher's bytes (teacher tokens {a}-{b})")
@@ -260,9 +257,23 @@ def student_ids_and_groups(teacher_ids, t_bytes: list[bytes | None], teacher_eos
     return s_ids, out
 
 
-def _token_at(ids, t_bytes, byte: int) -> int:
-    ends = np.cumsum([len(t_bytes[t]) for t in ids])
-    return int(np.searchsorted(ends, byte, side="right"))
+def _spell(data: bytes, student, s_bytes: list[bytes | None]) -> list[int]:
+    """The student's pieces for some bytes: its tokenizer on each stretch of valid UTF-8, and its
+    single-byte pieces for bytes that are not (a teacher can sample half a character)."""
+    text = data.decode("utf-8", "surrogateescape")  # invalid bytes become U+DC80..U+DCFF
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return student.backend_tokenizer.encode(text, add_special_tokens=False).ids
+    single = {b: i for i, b in enumerate(s_bytes) if b is not None and len(b) == 1}
+    ids: list[int] = []
+    for stretch in re.split("([\udc80-\udcff])", text):
+        if len(stretch) == 1 and "\udc80" <= stretch <= "\udcff":
+            byte = bytes([ord(stretch) - 0xDC00])
+            if byte not in single:
+                raise AlignmentError(f"the student has no piece for byte {byte!r}, which the teacher sampled alone")
+            ids.append(single[byte])
+        elif stretch:
+            ids += student.backend_tokenizer.encode(stretch, add_special_tokens=False).ids
+    return ids
 
 
 def align(teacher_ids: np.ndarray, sampled_logprobs: np.ndarray, topk_ids: np.ndarray, topk_logprobs: np.ndarray,

