@@ -104,6 +104,7 @@ BENCHMARKS = {
     "clean": ("pipeline.bench_clean:bench_clean", ("rows_per_s", "peak_rss_mb", "near_dup_rows_per_s",
                                                    "verify_rows_per_s", "speedup_vs_pandas")),
     "train": ("pipeline.bench_train:bench_train", ("kd_over_sft_time", "kd_over_sft_peak_memory", "dataloader_share")),
+    "quality": ("pipeline.bench_quality:bench_quality", ("kd_over_sft_kl", "cross_over_sft_kl", "kd_vs_full_logit_gain")),
 }
 
 

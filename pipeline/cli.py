@@ -183,7 +183,7 @@ def report_cmd(target, overrides, artifacts_dir):
 
 
 @main.command("bench")
-@click.argument("name", type=click.Choice(["generate", "clean", "train"]))
+@click.argument("name", type=click.Choice(["generate", "clean", "train", "quality"]))
 @click.argument("config_file", type=click.Path(), default="configs/quickstart.yaml")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value")
 @click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=64, help="generate: prompts per pass")
@@ -192,14 +192,15 @@ def report_cmd(target, overrides, artifacts_dir):
 @click.option("--sample", type=click.IntRange(min=100), default=100_000, help="clean: rows of the pandas comparison")
 @click.option("--seq-len", type=click.IntRange(min=256), default=4096, help="train: tokens per sequence")
 @click.option("--steps", type=click.IntRange(min=2), default=4, help="train: optimizer steps per run (first untimed)")
+@click.option("--seeds", type=click.IntRange(min=1), default=2, help="quality: training seeds per student")
 @_one_line_errors
-def bench_cmd(name, config_file, overrides, n_prompts, max_new_tokens, rows, sample, seq_len, steps):
+def bench_cmd(name, config_file, overrides, n_prompts, max_new_tokens, rows, sample, seq_len, steps, seeds):
     """Measured speed and size, side by side in one run, into artifacts/bench/NAME.json."""
     from pipeline import bench
 
     options = {"generate": dict(n_prompts=n_prompts, max_new_tokens=max_new_tokens),
                "clean": dict(rows=rows, sample=min(sample, rows)),
-               "train": dict(seq_len=seq_len, steps=steps)}[name]
+               "train": dict(seq_len=seq_len, steps=steps), "quality": dict(seeds=seeds)}[name]
     bench.run(config_mod.load(config_file, overrides), name, **options)
 
 

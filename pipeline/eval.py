@@ -7,7 +7,8 @@ Accuracy: each model generates `eval.n` samples per eval prompt with vLLM (one e
 model), scored by task type (pipeline.scoring): pass@1 averaged over n, majority vote, output
 length, truncation, tokens/s and per-request latency. Fidelity, without the teacher: on the
 teacher's held-out traces (eval split of generate), the model's per-token KL from the stored
-top-k (same tail handling as training) and its top-1 agreement, from one forward pass each.
+top-k (same tail handling as training), its top-1 agreement, and for any tokenizer the KL to the
+teacher per byte of text (see teacher_fidelity), from one forward pass each.
 """
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import manifest, topk
+from pipeline import crosstok, manifest, topk
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, read_table, write_json
 from pipeline.losses import token_losses
+from pipeline.render import render
 from pipeline.schema import EVAL_RESULTS, PROMPTS
 from pipeline.scoring import extract, is_correct
 
@@ -94,8 +96,7 @@ def _generate(cfg: Config, model_dir: str, prompts: list[dict]):
     from pipeline.engine import engine_args
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = [tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=True, return_dict=False)
-           for p in prompts]
+    ids = [render(tokenizer, p, cfg.generate.system_prompt, cfg.generate.think_start)[1] for p in prompts]
     llm = LLM(model=model_dir, **engine_args(cfg))
     params = SamplingParams(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                             max_tokens=cfg.eval.max_new_tokens, seed=cfg.run.seed)
@@ -155,28 +156,65 @@ def metrics(rows: list[dict], timing: dict, n: int) -> dict:
 
 
 def teacher_fidelity(cfg: Config, model_dir: Path) -> dict | None:
+    """How close a model is to the teacher on the eval split's traces.
+
+    kl_per_byte, for any tokenizer: the mean over traces of (model NLL - teacher NLL) of the
+    completion divided by its UTF-8 bytes. The traces were sampled from the teacher's raw
+    distribution (generate.eval_temperature 1, eval_top_p 1) and the teacher's NLL is the sum of
+    their stored sampled-token logprobs, so this estimates KL(teacher || model) per byte without
+    bias. A model with the teacher's vocabulary reads the teacher's exact ids; another spells the
+    same text in its own pieces (crosstok). fidelity_kl (same vocabulary only) is the per-token
+    top-k KL with the training tail; top1_agreement compares argmaxes on the teacher's positions,
+    or across tokenizers on one-to-one aligned positions through the vocabulary map."""
     from transformers import AutoModelForCausalLM
 
-    from pipeline.train import vocabulary_mismatch
-
     teacher_dir = Path(manifest.require(cfg, "models")["models"]["teacher"]["path"])
-    if vocabulary_mismatch(teacher_dir, model_dir) is not None:
-        return None  # KL on the teacher's token ids means nothing for another vocabulary
+    same = crosstok.vocabulary_mismatch(teacher_dir, model_dir) is None
+    tokenizer = crosstok.load_tokenizer(model_dir)
+    if not same:
+        _, t_bytes, t_eos, s_bytes, vmap = crosstok.pair(cfg.models_dir, teacher_dir, tokenizer)
+    else:
+        t_bytes = crosstok.token_bytes(tokenizer)
+    prompts = {r["prompt_id"]: r for r in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     k = min(cfg.train.top_k, manifest.require(cfg, "generate")["settings"]["top_k"])
-    kl_sum, agree, positions = 0.0, 0, 0
-    traces = topk.read_traces(cfg.run_dir / "generate", lambda s, split: split == "eval", k)
-    for _, prompt, tokens, ids, lps in traces:
+    per_byte, kl_sum, agree, positions, unaligned = [], 0.0, 0, 0, 0
+    for _, prompt_id, prompt, tokens, sampled, ids, lps in topk.read_traces(
+            cfg.run_dir / "generate", lambda s, split: split == "eval", k):
+        if same:
+            completion, groups = tokens.tolist(), None
+        else:
+            try:
+                completion, groups = crosstok.student_ids_and_groups(tokens.tolist(), t_bytes, t_eos, tokenizer, s_bytes)
+            except crosstok.AlignmentError:
+                unaligned += 1
+                continue
+            prompt = render(tokenizer, prompts[prompt_id], cfg.generate.system_prompt, cfg.generate.think_start)[1]
+        text_bytes = sum(len(t_bytes[t]) for t in tokens.tolist() if t < len(t_bytes) and t_bytes[t])
         with torch.no_grad():
-            logits = model(torch.tensor([list(prompt) + tokens.tolist()])).logits[0]
-        logits = logits[len(prompt) - 1:len(prompt) - 1 + len(tokens)]
-        ids_t = torch.as_tensor(ids, dtype=torch.long)
-        _, kl, _, _ = token_losses(logits, torch.as_tensor(tokens, dtype=torch.long), ids_t,
-                                   torch.as_tensor(lps), 1.0, "forward_kl", 0.5, cfg.train.tail)
-        kl_sum += kl.sum().item()
-        agree += (logits.argmax(-1) == ids_t[:, 0]).sum().item()
-        positions += len(tokens)
-    if positions == 0:
+            logits = model(torch.tensor([list(prompt) + completion])).logits[0, len(prompt) - 1:-1].float()
+        logprobs = torch.log_softmax(logits, -1)
+        nll = -logprobs.gather(-1, torch.tensor(completion)[:, None]).sum().item()
+        if text_bytes:
+            per_byte.append((nll + float(sampled.sum())) / text_bytes)
+        if same:
+            _, kl, _, _ = token_losses(logits, torch.as_tensor(tokens, dtype=torch.long),
+                                       torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(lps), 1.0, "forward_kl",
+                                       0.5, cfg.train.tail)
+            kl_sum += kl.sum().item()
+            agree += (logits.argmax(-1) == torch.as_tensor(ids[:, 0])).sum().item()
+            positions += len(tokens)
+        else:
+            for t0, t1, s0, s1 in groups:
+                if t1 - t0 == 1 and s1 - s0 == 1:
+                    agree += int(logits[s0].argmax().item() == vmap.student_id[ids[t0, 0]])
+                    positions += 1
+    if not per_byte:
         return None
-    return {"fidelity_kl": round(kl_sum / positions, 4), "top1_agreement": round(agree / positions, 4),
-            "fidelity_tokens": positions}
+    out = {"kl_per_byte": round(float(np.mean(per_byte)), 5), "fidelity_traces": len(per_byte),
+           "top1_agreement": round(agree / max(positions, 1), 4)}
+    if same:
+        out.update(fidelity_kl=round(kl_sum / max(positions, 1), 4), fidelity_tokens=positions)
+    else:
+        out.update(one_to_one_positions=positions, unaligned_traces=unaligned)
+    return out

@@ -179,12 +179,12 @@ def _comparison(cfg: Config, m: dict) -> str:
     if not e:
         return "<h2>Teacher, baseline, student</h2>" + _missing("eval", cfg)
     summary = e["summary"]
-    keys = ["accuracy", "majority_accuracy", "fidelity_kl", "top1_agreement", "mean_output_tokens",
+    keys = ["accuracy", "majority_accuracy", "kl_per_byte", "fidelity_kl", "top1_agreement", "mean_output_tokens",
             "truncation_rate", "output_tok_s", "latency_p50_s", "latency_p95_s"]
     rows = [{"model": name, **{k: s.get(k, "n/a") for k in keys}} for name, s in summary.items()]
     fig, axes = _figure(10, 3)
     axes.remove()
-    panels = [("accuracy", "accuracy"), ("fidelity_kl", "KL from teacher (lower is better)"),
+    panels = [("accuracy", "accuracy"), ("kl_per_byte", "KL to teacher per byte (lower is better)"),
               ("top1_agreement", "top-1 agreement"), ("output_tok_s", "output tokens/s")]
     for i, (key, title) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)

@@ -156,14 +156,15 @@ def collate(pad_id: int, k: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def run(cfg: Config, resume: bool = False) -> dict:
+def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
+    """`student`: another starting checkpoint than the models manifest's (the quality benchmark)."""
     started = time.time()
     t = cfg.train
     models = manifest.require(cfg, "models")["models"]
     gen = manifest.require(cfg, "generate")
     manifest.require(cfg, "clean")
     out = manifest.stage_dir(cfg, "train")
-    student_dir, teacher_dir = Path(models["student"]["path"]), Path(models["teacher"]["path"])
+    student_dir, teacher_dir = Path(student or models["student"]["path"]), Path(models["teacher"]["path"])
     stored_k = gen["settings"]["top_k"]
     if t.kd_weight > 0 and t.top_k > stored_k:
         raise PipelineError(f"{cfg.file}: train.top_k={t.top_k} but generate stored only {stored_k} candidates")
@@ -185,15 +186,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
 
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.bfloat16 if t.bf16 else torch.float32)
-    # TrainConfig's fields that DistillConfig shares (the KD fields and the TrainingArguments it
-    # names) go over by name; output_dir is the stage's, the trainer's checkpoints live under it.
-    shared = {f.name for f in dataclasses.fields(DistillConfig)} - {"output_dir"}
-    args = DistillConfig(
-        **{f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name in shared},
-        output_dir=str(out / "checkpoints"), seed=cfg.run.seed, report_to=["tensorboard"],
-        remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),  # also makes a multi-process launch on CPU use DDP over gloo
-        **t.extra)
+    args = trainer_args(cfg, out / "checkpoints", report_to=["tensorboard"])
     peft_config = None
     if t.lora_r:
         from peft import LoraConfig
@@ -219,9 +212,22 @@ def run(cfg: Config, resume: bool = False) -> dict:
     with_tmp.rename(out / "model")
     history = [h for h in trainer.state.log_history if "loss" in h]
     return manifest.write(cfg, "train", started, {**data_info, "steps": trainer.state.global_step},
-                          model=str(out / "model"), student_start=models["student"], data=data_info, mode=mode,
+                          model=str(out / "model"), student_start=str(student_dir), data=data_info, mode=mode,
                           train_loss=result.training_loss, log_history=trainer.state.log_history,
                           final_logs=history[-1] if history else {})
+
+
+def trainer_args(cfg: Config, checkpoints: Path, **overrides) -> DistillConfig:
+    """DistillConfig from the train config: the fields they share (the KD fields and the
+    TrainingArguments TrainConfig names) go over by name; checkpoints go to `checkpoints`."""
+    t = cfg.train
+    shared = {f.name for f in dataclasses.fields(DistillConfig)} - {"output_dir"}
+    return DistillConfig(
+        **{f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name in shared},
+        output_dir=str(checkpoints), seed=cfg.run.seed, remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),  # also makes a multi-process launch on CPU use DDP over gloo
+        **{**t.extra, **overrides})
 
 
 def _latest_checkpoint(directory: Path) -> Path | None:
