@@ -4,12 +4,8 @@
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
-export VLLM_CPU_KVCACHE_SPACE ?= 2
-export HF_HUB_OFFLINE ?= 1
-export VLLM_NO_USAGE_STATS ?= 1
-export TOKENIZERS_PARALLELISM ?= false
-# In-process vLLM engine: on 2 cores the multiprocess engine keeps one core for its scheduler.
-export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+# The engine's environment (KV cache space on CPU, in-process engine on small machines, offline
+# hub) is the CLI's own default (pipeline/cli.py), so `distill` behaves the same outside make.
 
 .PHONY: quickstart test install browser clean-venv
 

@@ -22,10 +22,10 @@ def bench_generate(cfg: Config, n_prompts: int, max_new_tokens: int) -> dict:
     """One engine, the same prompts, seeds and sampling for three passes: plain vLLM, vLLM with
     logprobs=20 in its default per-token dict form, and this pipeline's capture path writing
     Parquet. Same seeds -> the same tokens, so tokens/s compare like with like."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from pipeline.engine import VLLMTeacher, cpu_seed_workaround, engine_args
+    from pipeline.engine import VLLMTeacher, cpu_seed_workaround, engine_args, start_llm
 
     gen = cfg.generate
     gen.max_new_tokens = max_new_tokens
@@ -38,8 +38,7 @@ def bench_generate(cfg: Config, n_prompts: int, max_new_tokens: int) -> dict:
     seeds = [generate.prompt_seed(cfg.run.seed, p["prompt_id"], gen.n) for p in prompts]
 
     # Prefix caching off: later passes must not get the earlier passes' prefills for free.
-    llm = LLM(model=str(teacher), **{**engine_args(cfg), "enable_prefix_caching": False,
-                                      **cpu_seed_workaround(cfg)})
+    llm = start_llm(str(teacher), **{**engine_args(cfg), "enable_prefix_caching": False, **cpu_seed_workaround(cfg)})
     token_prompts = [TokensPrompt(prompt_token_ids=ids) for _, _, ids in rendered]
 
     def vllm_pass(**logprob_args) -> float:
@@ -103,7 +102,8 @@ BENCHMARKS = {
     "generate": ("pipeline.bench:bench_generate", ("capture_ratio", "bytes_per_candidate", "max_abs_logprob_error")),
     "clean": ("pipeline.bench_clean:bench_clean", ("rows_per_s", "peak_rss_mb", "near_dup_rows_per_s",
                                                    "verify_rows_per_s", "speedup_vs_pandas")),
-    "train": ("pipeline.bench_train:bench_train", ("kd_over_sft_time", "kd_over_sft_peak_memory", "dataloader_share")),
+    "train": ("pipeline.bench_train:bench_train", ("kd_over_sft_time", "kd_over_sft_peak_memory", "dataloader_share",
+                                                   "cross_over_same_time")),
     "quality": ("pipeline.bench_quality:bench_quality", ("kd_over_sft_kl", "cross_over_sft_kl", "kd_vs_full_logit_gain")),
 }
 

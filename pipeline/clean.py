@@ -25,7 +25,7 @@ import socket
 import tempfile
 import time
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import click
@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from pipeline import manifest
 from pipeline.config import CleanConfig, Config
 from pipeline.errors import PipelineError
-from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, open_table
+from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, open_table, sql_quote
 from pipeline.schema import CLEAN, CLEAN_REJECTS, GENERATIONS, PROMPTS, VERDICTS
 from pipeline.scoring import extract, is_correct
 
@@ -64,12 +64,20 @@ def run(cfg: Config) -> dict:
         verify(con)
         funnel = apply_rules(con, cfg.clean)
         counts = {"samples": n, "kept": funnel[-1]["rows_out"] if funnel else n}
-        clean_sql = Path(cfg.clean.sql_dir) / "clean.sql"
-        define_view(con, "clean", clean_sql, clean_sql.read_text(encoding="utf-8"))
-        export(con, "SELECT * FROM clean", out / "clean.parquet", CLEAN, clean_sql)
-        export(con, "SELECT d.sample_id, s.prompt_id, s.split, d.rule FROM dropped d JOIN samples s USING (sample_id) "
-                    "ORDER BY d.rule_order, d.sample_id", out / "rejects.parquet", CLEAN_REJECTS, "rejects")
-        export(con, "SELECT * FROM verdicts", out / "verdicts.parquet", VERDICTS, "verdicts")
+        clean_sql, sql = rule_sql(Path(cfg.clean.sql_dir), "clean")
+        define_view(con, "clean", clean_sql, sql)
+        written = {
+            "clean": export(con, "SELECT * FROM clean", out / "clean.parquet", CLEAN, clean_sql),
+            "rejects": export(con, "SELECT d.sample_id, s.prompt_id, s.split, d.rule FROM dropped d JOIN samples s "
+                                   "USING (sample_id) ORDER BY d.rule_order, d.sample_id", out / "rejects.parquet",
+                              CLEAN_REJECTS, "rejects"),
+            "verdicts": export(con, "SELECT * FROM verdicts", out / "verdicts.parquet", VERDICTS, "verdicts")}
+        # The books must balance: what the funnel says was kept and dropped is what the files hold.
+        expected = {"clean": counts["kept"], "rejects": n - counts["kept"]}
+        for name, rows in expected.items():
+            if written[name] != rows:
+                raise PipelineError(f"{out / (name + '.parquet')}: holds {written[name]} rows, the funnel counts {rows}; "
+                                    f"{clean_sql} must select every kept sample once")
 
     m = manifest.write(cfg, "clean", started, counts, funnel=funnel)
     click.echo(f"clean: kept {counts['kept']} of {n} samples -> {out / 'clean.parquet'}")
@@ -78,6 +86,17 @@ def run(cfg: Config) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
+
+
+def check_unique_samples(con) -> None:
+    """A sample_id in two shards (or twice in one) would make joins lose or double samples: refuse."""
+    dup = con.execute("SELECT sample_id, min(source_file), max(source_file), count(*) FROM samples "
+                      "GROUP BY sample_id HAVING count(*) > 1 LIMIT 1").fetchall()
+    if dup:
+        sid, first, last, count = dup[0]
+        where = f"{first} and {last}" if first != last else f"{first} ({count} times)"
+        raise PipelineError(f"sample_id {sid} is in {where}: each sample must be in one shard once; "
+                            "remove the duplicate shard (or rerun generate into a new run)")
 
 
 def generation_files(directory: Path) -> list[Path]:
@@ -104,7 +123,7 @@ def connect(c: CleanConfig, out: Path):
     try:
         # DuckDB fills its limit before it spills; the rest is for Python (verdicts, MinHash batches)
         con.execute(f"SET memory_limit = '{DUCKDB_SHARE * c.memory_limit_mb:.0f}MB'")
-        con.execute(f"SET temp_directory = '{workdir / 'spill'}'")
+        con.execute(f"SET temp_directory = {sql_quote(workdir / 'spill')}")
         con.execute("SET preserve_insertion_order = false")
         if c.threads:
             con.execute(f"SET threads = {c.threads}")
@@ -114,6 +133,9 @@ def connect(c: CleanConfig, out: Path):
     finally:
         con.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        for d in (scratch, out):  # nothing empty left behind by a run that failed (other runs' spill stays)
+            with suppress(OSError):
+                d.rmdir()
 
 
 def _remove_orphans(scratch: Path) -> None:
@@ -149,16 +171,17 @@ def load_samples(con, files: list[Path], prompts: Path) -> int:
     `completion_chars` (characters in reasoning + answer) is counted once here: several rules need
     it, and strlen(reasoning) + strlen(answer) = completion_chars tells ASCII text at no cost."""
     cols = ", ".join(f"g.{c}" for c in SAMPLE_COLUMNS)
-    source = f"read_parquet({[str(f) for f in files]})" if files else _empty_generations()
+    source = f"read_parquet([{', '.join(map(sql_quote, files))}], filename = true)" if files else _empty_generations()
     con.execute(f"""
         CREATE TABLE samples AS
-        SELECT {cols}, length(g.reasoning) + length(g.answer) AS completion_chars,
+        SELECT {cols}, g.filename AS source_file, length(g.reasoning) + length(g.answer) AS completion_chars,
                p.task, p.source, p.difficulty, p.reference,
                array_to_string(list_transform(list_filter(p.messages, lambda m: m.role = 'user'), lambda m: m.content),
                                chr(10)) AS prompt_text,
                true AS kept
         FROM {source} g
-        LEFT JOIN read_parquet('{prompts}') p USING (prompt_id)""")
+        LEFT JOIN read_parquet({sql_quote(prompts)}) p USING (prompt_id)""")
+    check_unique_samples(con)
     orphans = con.execute("SELECT count(*), any_value(prompt_id) FROM samples WHERE task IS NULL").fetchall()[0]
     if orphans[0]:
         raise PipelineError(f"{prompts}: {orphans[0]} generations refer to prompts it does not hold "
@@ -166,12 +189,13 @@ def load_samples(con, files: list[Path], prompts: Path) -> int:
     con.execute("CREATE TABLE dropped (sample_id VARCHAR, rule VARCHAR, rule_order INTEGER)")
     # A flag rather than an anti-join with `dropped`: the planner may build that join's hash
     # table on the samples side, text and all.
-    con.execute("CREATE VIEW candidates AS SELECT * EXCLUDE (kept) FROM samples WHERE kept")
+    con.execute("CREATE VIEW candidates AS SELECT * EXCLUDE (kept, source_file) FROM samples WHERE kept")
     return con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
 
 
 def _empty_generations() -> str:
-    return "(SELECT " + ", ".join(f"NULL::{_duck_type(c)} AS {c}" for c in SAMPLE_COLUMNS) + " WHERE false)"
+    return "(SELECT " + ", ".join(f"NULL::{_duck_type(c)} AS {c}" for c in SAMPLE_COLUMNS) + \
+        ", NULL::VARCHAR AS filename WHERE false)"
 
 
 def _duck_type(column: str) -> str:
@@ -184,14 +208,14 @@ def load_eval_texts(con, prompts: Path, extra: list[str]) -> None:
     con.execute(f"""CREATE TABLE eval_texts AS
         SELECT array_to_string(list_transform(list_filter(messages, lambda m: m.role = 'user'), lambda m: m.content),
                                chr(10)) AS text
-        FROM read_parquet('{prompts}') WHERE split = 'eval'""")
+        FROM read_parquet({sql_quote(prompts)}) WHERE split = 'eval'""")
     for f in extra:
         reader = {".jsonl": "read_json_auto", ".json": "read_json_auto", ".csv": "read_csv_auto"}.get(
             Path(f).suffix, "read_parquet")
         if not Path(f).is_file():
             raise PipelineError(f"clean.decontam_files: {f}: no such file")
         try:
-            con.execute(f"INSERT INTO eval_texts SELECT prompt::VARCHAR FROM {reader}('{f}')")
+            con.execute(f"INSERT INTO eval_texts SELECT prompt::VARCHAR FROM {reader}({sql_quote(f)})")
         except duckdb.Error as e:
             raise PipelineError(f"{f}: cannot read a `prompt` column ({_first_line(e)})") from None
 
@@ -301,8 +325,13 @@ PYTHON_TABLES = {"minhash": build_minhash}
 def rule_sql(sql_dir: Path, rule: str) -> tuple[Path, str]:
     path = sql_dir / f"{rule}.sql"
     if not path.is_file():
-        raise PipelineError(f"clean.rules: {rule}: no rule file {path}")
-    return path, path.read_text(encoding="utf-8")
+        what = "clean.sql_dir: no clean.sql (the selection's definition)" if rule == "clean" else \
+            f"clean.rules: {rule}: no rule file"
+        raise PipelineError(f"{what} {path}")
+    try:
+        return path, path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dict]:
@@ -320,9 +349,14 @@ def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dic
                 build(con, c, seed)
         define_view(con, rule, path, sql)
         try:
-            con.execute(f"INSERT INTO dropped SELECT DISTINCT sample_id, '{rule}', {order} FROM {rule}")
+            con.execute(f'INSERT INTO dropped SELECT DISTINCT sample_id, ?, ? FROM "{rule}"', [rule, order])
         except duckdb.Error as e:
             raise PipelineError(f"{path}: {_first_line(e)}") from None
+        stray = con.execute("SELECT any_value(d.sample_id), count(*) FROM dropped d ANTI JOIN candidates c "
+                            "USING (sample_id) WHERE d.rule_order = ?", [order]).fetchall()[0]
+        if stray[1]:
+            raise PipelineError(f"{path}: returned {stray[1]} sample_ids that are not current candidates "
+                                f"(e.g. {stray[0]!r}); a rule selects sample_id FROM candidates")
         con.execute("UPDATE samples SET kept = false FROM dropped d "
                     "WHERE d.rule_order = ? AND samples.sample_id = d.sample_id", [order])
         dropped = con.execute("SELECT count(*) FROM dropped WHERE rule_order = ?", [order]).fetchall()[0][0]
@@ -336,15 +370,20 @@ def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dic
 def define_view(con, name: str, path: Path, sql: str) -> None:
     """CREATE VIEW name AS <the file>: the file's text starts line 1, so DuckDB's LINE n is the file's."""
     body = sql.strip().rstrip(";")
-    if ";" in _strip_comments(body):
-        raise PipelineError(f"{path}: must be a single SELECT (found ';' inside)")
     try:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
-        cols = [d[0] for d in con.execute(f"SELECT * FROM {name} LIMIT 0").description]
+        statements = con.extract_statements(body)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise PipelineError(f"{path}: must be a single SELECT (found {len(statements)} statements)")
+        # quoted: a rule's file name may be an SQL keyword (semi.sql, order.sql)
+        con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {body}')
+        described = con.execute(f'SELECT * FROM "{name}" LIMIT 0').description
     except duckdb.Error as e:
         raise PipelineError(f"{path}: {_first_line(e)}{_position(e)}") from None
-    if "sample_id" not in cols:
-        raise PipelineError(f"{path}: the rule must select a sample_id column (it selects {', '.join(cols)})")
+    types = {d[0]: str(d[1]) for d in described}
+    if "sample_id" not in types:
+        raise PipelineError(f"{path}: the rule must select a sample_id column (it selects {', '.join(types)})")
+    if types["sample_id"] not in ("VARCHAR", "STRING"):
+        raise PipelineError(f"{path}: its sample_id column is {types['sample_id']}, not VARCHAR")
 
 
 def _strip_comments(sql: str) -> str:
@@ -364,9 +403,12 @@ def _position(e: Exception) -> str:
 # Outputs
 
 
-def export(con, query: str, path: Path, spec, what) -> None:
-    """COPY a query's rows to Parquet atomically, checked against the table's schema."""
+def export(con, query: str, path: Path, spec, what) -> int:
+    """COPY a query's rows to Parquet atomically, checked against the table's schema; returns the
+    rows written."""
     with atomic_path(path) as tmp:
-        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
-        spec.validate(open_parquet(tmp).schema_arrow, f"{what}: output")
+        con.execute(f"COPY ({query}) TO {sql_quote(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+        written = open_parquet(tmp)
+        spec.validate(written.schema_arrow, f"{what}: output")
+        return written.metadata.num_rows
 

@@ -15,15 +15,29 @@ from pipeline.run import ORDER
 
 
 def _one_line_errors(fn):
-    """Bad input is a one-line message and exit code 1, never a traceback."""
+    """Bad input and failures are a one-line message and exit code 1, never a traceback: the
+    pipeline's own errors as they are, a file system error with its path, a DuckDB error's first
+    line, anything else with its type and a pointer to --debug (which shows the traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if click.get_current_context().find_root().params.get("debug"):
+            return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
         except PipelineError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
-            sys.exit(1)
+            message = str(e)
+        except OSError as e:  # read-only directory, full disk, a path that vanished
+            where = f"{e.filename}: " if e.filename else ""
+            message = f"{where}{e.strerror or e}"
+        except Exception as e:  # noqa: BLE001 - the one place every other failure is turned into one line
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            if type(e).__module__.startswith("duckdb"):
+                message = f"DuckDB: {first}"
+            else:
+                message = f"unexpected {type(e).__name__}: {first} (rerun with --debug for the traceback)"
+        click.secho(f"error: {message}", fg="red", err=True)
+        sys.exit(1)
 
     return wrapper
 
@@ -35,8 +49,29 @@ def _config_args(fn):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+@click.option("--debug", is_flag=True, help="show the full traceback of a failure instead of one line")
+def main(debug):
     """Offline distillation: prepare -> generate -> clean -> train -> eval -> report."""
+    set_environment_defaults()
+
+
+# What `make` used to set, now the CLI's own defaults; a variable already set wins.
+ENVIRONMENT = {
+    "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB of KV cache on CPU; unset, vLLM reserves most of the machine and fails when less is free
+    "HF_HUB_OFFLINE": "1",  # the pipeline runs from local files; HF_HUB_OFFLINE=0 lets models.* hub ids download
+    "VLLM_NO_USAGE_STATS": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # tokenizers' threads deadlock across vLLM's forked workers
+}
+
+
+def set_environment_defaults() -> None:
+    import os
+
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    # On a small machine the multiprocess engine keeps one core of two for its scheduler.
+    if (os.cpu_count() or 1) <= 4:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 @main.command("models")
@@ -138,9 +173,14 @@ def sql_cmd(run_name, query, file, fmt, output, artifacts_dir):
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in the output directory")
 @click.option("--accelerate", "accelerate_config", type=click.Path(exists=True, dir_okay=False),
               help="launch through `accelerate launch --config_file FILE` (DDP, DeepSpeed ZeRO-3, FSDP)")
+@click.option("--dry-run", is_flag=True, help="check the teacher/student tokenizer pair and how they align; train nothing")
 @_one_line_errors
-def train_cmd(config_file, overrides, resume, accelerate_config):
+def train_cmd(config_file, overrides, resume, accelerate_config, dry_run):
     """Distill the student from the stored traces and top-k (the teacher is never loaded)."""
+    if dry_run:
+        from pipeline import train
+
+        return train.dry_run(config_mod.load(config_file, overrides))
     if accelerate_config:
         import subprocess
 

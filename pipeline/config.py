@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -23,6 +24,10 @@ from pipeline.errors import PipelineError
 
 class ConfigError(PipelineError):
     pass
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
@@ -40,9 +45,13 @@ class RunConfig:
     name: str = "default"  # artifacts/<name>/ holds every output of this run
     artifacts_dir: str = "artifacts"  # root of all runs and the shared model cache
     seed: int = 0  # one seed for every stage that samples
+    # Directories the pipeline replaces (train.output_dir's model) must lie under artifacts_dir
+    # unless this is set: a typo must not delete a directory elsewhere.
+    allow_outside_artifacts: bool = False
 
     def __post_init__(self):
-        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _check(bool(self.name) and self.name not in (".", "..") and not re.search(r"[/\\\x00]", self.name),
+               "name", "must be a plain name (no '/', '\\', not '.' or '..')")
 
 
 @dataclass
@@ -72,7 +81,8 @@ class ArithmeticConfig:
     seed: int = 0  # the same seed gives the same problems
 
     def __post_init__(self):
-        _check(self.n_train >= 0 and self.n_eval >= 0, "n_train", "counts must be >= 0")
+        _check(self.n_train >= 0, "n_train", ">= 0")
+        _check(self.n_eval >= 0, "n_eval", ">= 0")
         _check(bool(self.levels) and all(1 <= lv <= 5 for lv in self.levels), "levels", "each in 1..5")
 
 
@@ -136,7 +146,9 @@ class EngineConfig:
     extra: dict = field(default_factory=dict)  # any other vllm.LLM argument, passed through
 
     def __post_init__(self):
-        _check(self.tensor_parallel_size >= 1 and self.pipeline_parallel_size >= 1, "tensor_parallel_size", ">= 1")
+        _check(self.tensor_parallel_size >= 1, "tensor_parallel_size", ">= 1")
+        _check(self.pipeline_parallel_size >= 1, "pipeline_parallel_size", ">= 1")
+        _check(self.max_num_seqs is None or self.max_num_seqs >= 1, "max_num_seqs", ">= 1")
         _check(self.max_model_len >= 16, "max_model_len", ">= 16")
         _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "in (0, 1]")
 
@@ -152,6 +164,7 @@ class OpenAIConfig:
 
     def __post_init__(self):
         _check(self.concurrency >= 1, "concurrency", ">= 1")
+        _check(_finite(self.timeout_s) and self.timeout_s > 0, "timeout_s", "a finite number > 0")
         _check(self.max_retries >= 0, "max_retries", ">= 0")
 
 
@@ -200,14 +213,16 @@ class GenerateConfig:
                 setattr(self, key, value)
         _check(self.backend in ("vllm", "openai"), "backend", "vllm or openai")
         _check(self.n >= 1, "n", ">= 1")
-        _check(self.temperature >= 0, "temperature", ">= 0")
+        _check(_finite(self.temperature) and self.temperature >= 0, "temperature", "a finite number >= 0")
         _check(0 < self.top_p <= 1, "top_p", "in (0, 1]")
-        _check(self.eval_temperature >= 0, "eval_temperature", ">= 0")
+        _check(_finite(self.eval_temperature) and self.eval_temperature >= 0, "eval_temperature", "a finite number >= 0")
         _check(0 < self.eval_top_p <= 1, "eval_top_p", "in (0, 1]")
         _check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1")
         _check(1 <= self.top_k <= 1024, "top_k", "in 1..1024")
         _check(bool(self.splits) and set(self.splits) <= {"train", "eval"}, "splits", "train and/or eval")
-        _check(self.shard_size >= 1 and self.max_in_flight >= 1, "shard_size", ">= 1")
+        _check(self.shard_size >= 1, "shard_size", ">= 1")
+        _check(self.max_in_flight >= 1, "max_in_flight", ">= 1")
+        _check(self.score_batch_tokens >= 1, "score_batch_tokens", ">= 1")
 
 
 RULES = ("truncated", "unclosed_reasoning", "empty_answer", "garbled", "repetition", "language_mix", "length",
@@ -245,10 +260,12 @@ class CleanConfig:
     def __post_init__(self):
         _check(len(set(self.rules)) == len(self.rules), "rules", "has repeats")
         _check(all(r.isidentifier() for r in self.rules), "rules", "each a file name stem (letters, digits, _)")
-        _check(0 <= self.min_tokens <= self.max_tokens, "min_tokens", "0 <= min_tokens <= max_tokens")
+        _check(self.min_tokens >= 0, "min_tokens", ">= 0")
+        _check(self.max_tokens >= self.min_tokens, "max_tokens", ">= min_tokens")
         _check(0 <= self.max_unprintable_share <= 1, "max_unprintable_share", "in [0, 1]")
         _check(self.repeat_probe_chars >= 4, "repeat_probe_chars", ">= 4")
-        _check(self.decontam_ngram >= 1 and self.near_dup_shingle >= 1, "decontam_ngram", ">= 1")
+        _check(self.decontam_ngram >= 1, "decontam_ngram", ">= 1")
+        _check(self.near_dup_shingle >= 1, "near_dup_shingle", ">= 1")
         _check(0 < self.max_repeated_share <= 1, "max_repeated_share", "in (0, 1]")
         _check(0 <= self.max_script_mix <= 1, "max_script_mix", "in [0, 1]")
         _check(0 <= self.decontam_max_prompt_share <= 1, "decontam_max_prompt_share", "in [0, 1]")
@@ -313,7 +330,7 @@ class TrainConfig(KDConfig):
 
     def __post_init__(self):
         _check(0 <= self.kd_weight <= 1, "kd_weight", "in [0, 1]")
-        _check(self.kd_temperature > 0, "kd_temperature", "> 0")
+        _check(_finite(self.kd_temperature) and self.kd_temperature > 0, "kd_temperature", "a finite number > 0")
         _check(self.divergence in ("forward_kl", "reverse_kl", "jsd"), "divergence", "forward_kl, reverse_kl or jsd")
         _check(0 <= self.jsd_beta <= 1, "jsd_beta", "in [0, 1]")
         _check(self.tail in ("bucket", "renormalize"), "tail", "bucket or renormalize")
@@ -321,15 +338,25 @@ class TrainConfig(KDConfig):
         _check(self.kd_chunk_size >= 1, "kd_chunk_size", ">= 1")
         _check(self.cross_tokenizer_loss in CROSS_TOKENIZER_LOSSES, "cross_tokenizer_loss",
                " | ".join(CROSS_TOKENIZER_LOSSES))
-        _check(self.per_device_train_batch_size >= 1 and self.gradient_accumulation_steps >= 1,
-               "per_device_train_batch_size", ">= 1")
+        _check(_finite(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a finite number > 0")
+        _check(_finite(self.num_train_epochs) and self.num_train_epochs > 0, "num_train_epochs", "a finite number > 0")
+        _check(self.max_steps == -1 or self.max_steps > 0, "max_steps", "-1 (use num_train_epochs) or > 0")
+        _check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", ">= 1")
+        _check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", ">= 1")
+        _check(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        _check(self.logging_steps >= 1, "logging_steps", ">= 1")
+        _check(self.save_steps >= 1, "save_steps", ">= 1")
+        _check(self.save_total_limit >= 1, "save_total_limit", ">= 1")
+        _check(self.lora_alpha > 0, "lora_alpha", "> 0")
         _check(self.max_length >= 8, "max_length", ">= 8")
         _check(self.lora_r >= 0, "lora_r", ">= 0")
 
 
 @dataclass
 class EvalConfig:
-    models: list[str] = field(default_factory=list)  # extra model directories beside teacher, baseline, student
+    # extra models beside teacher, baseline and student: a mapping name: directory, or a list of
+    # directories named after their training output directory (.../train-sft/model -> train-sft)
+    models: dict[str, str] | list[str] = field(default_factory=list)
     n: int = 1  # samples per eval prompt (accuracy = pass@1 averaged over n; majority vote over n)
     temperature: float = 0.6  # sampling temperature of every evaluated model
     top_p: float = 0.95  # nucleus sampling
@@ -338,8 +365,12 @@ class EvalConfig:
     latency_prompts: int = 4  # prompts run alone, one by one, for per-request latency
 
     def __post_init__(self):
-        _check(self.n >= 1 and self.max_new_tokens >= 1, "n", ">= 1")
-        _check(self.max_prompts >= 0 and self.latency_prompts >= 0, "max_prompts", ">= 0")
+        _check(self.n >= 1, "n", ">= 1")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1")
+        _check(_finite(self.temperature) and self.temperature >= 0, "temperature", "a finite number >= 0")
+        _check(0 < self.top_p <= 1, "top_p", "in (0, 1]")
+        _check(self.max_prompts >= 0, "max_prompts", ">= 0")
+        _check(self.latency_prompts >= 0, "latency_prompts", ">= 0")
 
 
 @dataclass
@@ -352,6 +383,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     file: str = ""  # the YAML file this was loaded from (set by load, not by users)
+
+    def __post_init__(self):
+        if self.train.output_dir and not self.run.allow_outside_artifacts:
+            root = Path(self.run.artifacts_dir).resolve()
+            out = Path(self.train.output_dir).resolve()
+            _check(out != root and root in out.parents, "train.output_dir",
+                   f"must lie under run.artifacts_dir ({self.run.artifacts_dir}); set run.allow_outside_artifacts: "
+                   "true to write elsewhere")
 
     @property
     def run_dir(self) -> Path:
@@ -381,6 +420,8 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
         raise ConfigError(f"{path}: no such config file")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -407,7 +448,10 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{path}: --set {key}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: {value!r} is not a YAML value ({getattr(e, 'problem', e)})") from None
 
 
 def _build(cls, data, prefix: str):
@@ -433,8 +477,11 @@ def _coerce(tp, value, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1:  # e.g. a mapping or a list: the option of the value's own kind
+            kinds = {dict: dict, list: list}
+            options = [a for a in options if kinds.get(typing.get_origin(a) or a) is type(value)] or options[:1]
+        return _coerce(options[0], value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
     if origin is list:
@@ -444,6 +491,8 @@ def _coerce(tp, value, key: str):
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        if args:
+            return {_coerce(args[0], k, f"{key}.{k}"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -61,6 +61,28 @@ def flat_to_arrays(lp, k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray, 
     return vals[:, 0].copy(), ids[:, 1:].copy(), vals[:, 1:].copy()
 
 
+def start_llm(model: str, **args):
+    """vllm.LLM(model, **args), or a one-line error saying why it did not start and what to set."""
+    import os
+
+    from vllm import LLM
+
+    try:
+        return LLM(model=model, **args)
+    except (ValueError, TypeError) as e:
+        detail = " ".join(str(e).split())[:400]  # pydantic puts the useful part on later lines
+        raise PipelineError(f"vLLM refused the engine arguments: {detail}") from None
+    except Exception as e:  # noqa: BLE001 - memory, devices and spawned workers fail in many types
+        import psutil
+
+        free = psutil.virtual_memory().available / 2**30
+        kv = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "unset")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise PipelineError(f"the vLLM engine for {model} did not start ({type(e).__name__}: {first}); "
+                            f"{free:.1f} GiB memory free, VLLM_CPU_KVCACHE_SPACE={kv} GiB on CPU: lower it, "
+                            "or generate.engine.gpu_memory_utilization / max_model_len on GPUs") from None
+
+
 def cpu_seed_workaround(cfg: Config) -> dict:
     """vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill
     is split across scheduler steps: on CPU, with per-request seeds, keep every prefill whole."""
@@ -75,19 +97,13 @@ def cpu_seed_workaround(cfg: Config) -> dict:
 
 class VLLMTeacher:
     def __init__(self, model_path: str, cfg: Config, llm=None, score: bool = False):
-        from vllm import LLM
-
         self.cfg = cfg
         if llm is None:
             # Scoring samples nothing (no seeds); its prompt logprobs allocate [tokens x vocab]
             # floats per step, so the step's token budget is what bounds memory.
             extra = ({"max_num_batched_tokens": cfg.generate.score_batch_tokens, "enable_prefix_caching": False}
                      if score else cpu_seed_workaround(cfg))
-            try:
-                llm = LLM(model=model_path, **{**engine_args(cfg), **extra})
-            except (ValueError, TypeError) as e:
-                detail = " ".join(str(e).split())[:400]  # pydantic puts the useful part on later lines
-                raise PipelineError(f"vLLM refused the engine arguments: {detail}") from None
+            llm = start_llm(model_path, **{**engine_args(cfg), **extra})
         self.llm = llm
         self.engine = llm.llm_engine
 

@@ -68,14 +68,25 @@ def models_to_evaluate(cfg: Config) -> dict[str, Path]:
     trained = manifest.read(cfg, "train")
     if trained is not None:
         contenders["student"] = Path(trained["model"])
-    for extra in cfg.eval.models:
-        contenders[Path(extra).name] = Path(extra)
+    extras = cfg.eval.models.items() if isinstance(cfg.eval.models, dict) else \
+        ((_label(Path(d)), d) for d in cfg.eval.models)
+    for name, d in extras:
+        if name in contenders:
+            raise PipelineError(f"eval.models: two models are named '{name}' ({contenders[name]} and {d}); "
+                                "name them with a mapping (name: directory)")
+        contenders[name] = Path(d)
     for name, d in contenders.items():
         if not (d / "config.json").is_file():
             raise PipelineError(f"{d}: not a model directory (no config.json) for eval model '{name}'")
         if not any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
             raise PipelineError(f"{d}: has no tokenizer (eval model '{name}')")
     return contenders
+
+
+def _label(model_dir: Path) -> str:
+    """A readable name for a model directory: a training output's directory (every one ends in
+    .../model), else the directory's own name."""
+    return model_dir.parent.name if model_dir.name == "model" and model_dir.parent.name else model_dir.name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,14 +101,14 @@ def _generate_in_subprocess(cfg: Config, model_dir: Path, prompts: list[dict]):
 
 def _generate(cfg: Config, model_dir: str, prompts: list[dict]):
     from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from pipeline.engine import engine_args
+    from pipeline.engine import engine_args, start_llm
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = [render(tokenizer, p, cfg.generate.system_prompt, cfg.generate.think_start)[1] for p in prompts]
-    llm = LLM(model=model_dir, **engine_args(cfg))
+    llm = start_llm(model_dir, **engine_args(cfg))
     params = SamplingParams(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                             max_tokens=cfg.eval.max_new_tokens, seed=cfg.run.seed)
     llm.generate([TokensPrompt(prompt_token_ids=ids[0])], params, use_tqdm=False)  # warm-up, not timed

@@ -30,6 +30,12 @@ def atomic_path(path: str | Path):
             tmp.unlink()
 
 
+def sql_quote(value: str | Path) -> str:
+    """A SQL string literal for a path or value where DuckDB takes no parameter (a view's body, a SET):
+    quotes doubled, so an apostrophe in a path is data, never the end of the string."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -4,9 +4,11 @@
     distill sql quickstart --file sql/inspect/drop_reasons.sql --format csv --output reasons.csv
     distill sql quickstart            # interactive prompt with the views defined
 
-Views (those whose files exist): prompts, generations, teacher_topk (encoded; see
-pipeline.topk), verdicts, clean, rejects, eval. The database is in memory and the Parquet files are
-only read, so nothing a query does changes the run.
+Views (those whose files exist): prompts, prepare_rejects, generations, teacher_topk (encoded;
+see pipeline.topk), verdicts, clean, rejects, eval. Read-only for real: once the views are set up
+the connection is locked with DuckDB's own settings (file access only inside the run directory,
+no extension install or load, configuration locked), a query must be one SELECT (or EXPLAIN), and
+--output is written from Python, so no query can change the run or read or write anything else.
 """
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ from pathlib import Path
 import click
 import duckdb
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.files import TMP_SUFFIX
+from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, sql_quote
 
 # view -> files under the run directory (a glob for sharded tables)
 VIEWS = {
     "prompts": "prepare/prompts.parquet",
+    "prepare_rejects": "prepare/rejects.parquet",
     "generations": "generate/generations/*.parquet",
     "teacher_topk": "generate/teacher_topk/*.parquet",
     "verdicts": "clean/verdicts.parquet",
@@ -41,17 +45,47 @@ def resolve_run(run: str, artifacts_dir: str = "artifacts") -> Path:
 
 
 def connect(run_dir: Path) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """An in-memory DuckDB with one view per table the run has; returns the view names."""
+    """An in-memory DuckDB with one view per table the run has, locked read-only; returns the view
+    names. A file that is not readable Parquet is left out of its view with a one-line warning,
+    so the rest of the run can still be queried."""
     con = duckdb.connect()
     defined = []
     for view, pattern in VIEWS.items():
-        files = sorted(str(p) for p in run_dir.glob(pattern) if not p.name.endswith(TMP_SUFFIX))
+        files = []
+        for p in sorted(run_dir.glob(pattern)):
+            if p.name.endswith(TMP_SUFFIX):
+                continue
+            try:
+                open_parquet(p)
+                files.append(str(p))
+            except PipelineError as e:
+                click.secho(f"warning: {e}; left out of view {view}", fg="yellow", err=True)
         if files:
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({files})")
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{', '.join(map(sql_quote, files))}])")
             defined.append(view)
     if not defined:
         raise PipelineError(f"{run_dir}: no tables yet (run `distill prepare` first)")
+    for setting in (f"SET allowed_directories = [{sql_quote(run_dir.resolve())}]", "SET enable_external_access = false",
+                    "SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
+                    "SET lock_configuration = true"):
+        con.execute(setting)
     return con, defined
+
+
+READ_ONLY = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
+
+
+def check_read_only(con, query: str, where: str) -> None:
+    """One SELECT (or EXPLAIN) statement, or a one-line refusal naming what was found."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as e:
+        raise PipelineError(f"{where}: {str(e).strip().splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise PipelineError(f"{where}: expected one statement, found {len(statements)}; distill sql is read-only")
+    kind = statements[0].type
+    if kind not in READ_ONLY:
+        raise PipelineError(f"{where}: {kind.name} refused: distill sql runs one SELECT, read-only")
 
 
 def run(run_dir: Path, query: str | None, file: str | None, fmt: str, output: str | None) -> None:
@@ -60,14 +94,18 @@ def run(run_dir: Path, query: str | None, file: str | None, fmt: str, output: st
         path = Path(file)
         if not path.is_file():
             raise PipelineError(f"{file}: no such file")
-        query = path.read_text(encoding="utf-8")
+        try:
+            query = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"{file}: not UTF-8 text (byte {e.start})") from None
     if query is None:
         return repl(con, views)
-    query = query.strip().rstrip(";")
+    where = file or "query"
+    query = query.strip()
+    check_read_only(con, query, where)
     try:
         if output:
-            options = {"csv": "FORMAT csv, HEADER", "json": "FORMAT json, ARRAY true", "parquet": "FORMAT parquet"}[fmt]
-            con.execute(f"COPY ({query}) TO '{output}' ({options})")
+            write_result(con.sql(query).to_arrow_table(), Path(output), fmt)
             click.echo(f"wrote {output}", err=True)
         elif fmt == "table":
             con.sql(query).show(max_width=200, max_rows=100)
@@ -79,7 +117,18 @@ def run(run_dir: Path, query: str | None, file: str | None, fmt: str, output: st
         else:
             raise PipelineError("--format parquet needs --output FILE")
     except duckdb.Error as e:
-        raise PipelineError(f"{file or 'query'}: {str(e).strip().splitlines()[0]}") from None
+        raise PipelineError(f"{where}: {str(e).strip().splitlines()[0]}") from None
+
+
+def write_result(table, path: Path, fmt: str) -> None:
+    """The result to a file, from Python (the path never enters SQL), written whole or not at all."""
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            pq.write_table(table, tmp, compression="zstd")
+        elif fmt == "json":
+            tmp.write_text(json.dumps(table.to_pylist(), default=str, ensure_ascii=False) + "\n", encoding="utf-8")
+        else:  # csv, and table written as csv
+            pacsv.write_csv(table, tmp)
 
 
 def repl(con, views: list[str]) -> None:
@@ -97,7 +146,10 @@ def repl(con, views: list[str]) -> None:
         buffer += line + "\n"
         if buffer.strip().endswith(";"):
             try:
+                check_read_only(con, buffer, "query")
                 con.sql(buffer).show(max_width=200, max_rows=100)
+            except PipelineError as e:
+                click.secho(f"error: {e}", fg="red", err=True)
             except duckdb.Error as e:
                 click.secho(f"error: {str(e).strip().splitlines()[0]}", fg="red", err=True)
             buffer = ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -63,7 +64,9 @@ def resolve(name: str, cfg: Config) -> Path:
 
         return Path(snapshot_download(name))
     except Exception as e:  # offline, unknown repo, gated: the hub raises many types
-        raise PipelineError(f"{name}: not a local directory and the hub did not serve it ({type(e).__name__})") from None
+        hint = "; the CLI runs offline unless HF_HUB_OFFLINE=0" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise PipelineError(f"{name}: not a local directory and the hub did not serve it ({type(e).__name__}){hint}") \
+            from None
 
 
 def convert_embedded(name: str, models_dir: Path, dtype: str) -> Path:

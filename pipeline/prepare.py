@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import time
 import unicodedata
 from collections import Counter
@@ -52,7 +53,7 @@ def run(cfg: Config) -> dict:
         sources.append((spec, _read(spec)))
 
     for spec, rows in sources:
-        ids_seen: dict[str, int] = {}
+        ids_seen: dict[str, tuple[int, dict]] = {}
         for line, row in rows:
             counts["read"] += 1
             where = f"{spec.path}:{line}"
@@ -61,9 +62,11 @@ def run(cfg: Config) -> dict:
                     raise row
                 prompt = _to_prompt(row, spec, cfg.prepare.unicode_form)
                 if prompt is not None and prompt["source_id"] is not None:
-                    if prompt["source_id"] in ids_seen:
-                        raise RowError(f"duplicate id {prompt['source_id']!r} (first at line {ids_seen[prompt['source_id']]})")
-                    ids_seen[prompt["source_id"]] = line
+                    first = ids_seen.get(prompt["source_id"])
+                    if first is not None and first[1] != prompt:  # the same row twice is a duplicate, dropped below
+                        raise RowError(f"duplicate id {prompt['source_id']!r} with other content (first at line "
+                                       f"{first[0]})")
+                    ids_seen.setdefault(prompt["source_id"], (line, prompt))
             except RowError as e:
                 if cfg.prepare.on_error == "fail":
                     raise PipelineError(f"{where}: {e}") from None
@@ -111,24 +114,29 @@ def _read(spec: InputConfig) -> Iterator[tuple[int, dict | RowError]]:
         raise PipelineError(f"{path}: no such file")
     rows = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "hf": _read_hf}[fmt](spec)
     first = True
+    seen: set = set()
     for line, row in rows:
-        if first and isinstance(row, dict):
-            _require_columns(spec, row.keys(), every_mapped=fmt != "jsonl")
+        if isinstance(row, dict):
+            if first and fmt != "jsonl":
+                _require_columns(spec, row.keys(), _mapped(spec))
             first = False
+            seen.update(row.keys())
         yield line, row
     if first:
         raise PipelineError(f"{path}: no rows")
+    # JSONL rows may omit an optional key, but a mapped key that no row has is a misspelling
+    _require_columns(spec, seen, _mapped(spec))
 
 
-def _require_columns(spec: InputConfig, columns, every_mapped: bool) -> None:
-    """The prompt column must exist; in tabular formats every mapped column must (JSONL rows may
-    omit optional keys, which then read as null)."""
-    needed = [spec.messages or spec.prompt]
-    if every_mapped:
-        needed += [spec.system, spec.tools, spec.reference, spec.id, spec.source, spec.difficulty, spec.split_column,
-                   spec.completion]
+def _mapped(spec: InputConfig) -> list[str]:
+    return [c for c in (spec.messages or spec.prompt, spec.system, spec.tools, spec.reference, spec.id, spec.source,
+                        spec.difficulty, spec.split_column, spec.completion) if c]
+
+
+def _require_columns(spec: InputConfig, columns, needed: list[str]) -> None:
+    """Every mapped column must exist in the file: a misspelt one is an error, never a column of nulls."""
     for name in needed:
-        if name and name not in columns:
+        if name not in columns:
             raise PipelineError(f"{spec.path}: missing column '{name}' (columns: {', '.join(map(str, columns))})")
 
 
@@ -136,7 +144,7 @@ def _read_jsonl(spec: InputConfig):
     with open(spec.path, "rb") as f:
         for line, raw in enumerate(f, 1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")  # a BOM may open the file
             except UnicodeDecodeError as e:
                 yield line, RowError(f"invalid UTF-8 at byte {e.start}")
                 continue
@@ -157,9 +165,17 @@ def _read_csv(spec: InputConfig):
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise PipelineError(f"{spec.path}:{line}: invalid UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        yield reader.line_num, row
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    last = 1
+    try:
+        for row in reader:
+            if None in row:  # more fields than the header: a stray separator or an unclosed quote
+                yield reader.line_num, RowError(f"{len(row) - 1 + len(row[None])} fields, the header has {len(row) - 1}")
+            else:
+                yield reader.line_num, row
+            last = reader.line_num
+    except csv.Error as e:
+        raise PipelineError(f"{spec.path}:{last + 1}: malformed CSV ({e}; a quote opened here never closes?)") from None
 
 
 def _read_parquet(spec: InputConfig):
@@ -221,6 +237,11 @@ def _to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
         difficulty = int(difficulty)  # CSV cells are strings
     if difficulty is not None and (not isinstance(difficulty, int) or isinstance(difficulty, bool)):
         raise RowError(f"column '{spec.difficulty}' must be an integer, got {difficulty!r}")
+    for name, value in ((spec.messages or spec.prompt, json.dumps(messages, ensure_ascii=False)), (spec.tools, tools),
+                        (spec.reference, reference), (spec.completion, row.get(spec.completion) if spec.completion else None)):
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise RowError(f"column '{name}' holds a lone surrogate (invalid Unicode) "
+                           f"U+{ord(_SURROGATE.search(value).group()):04X}")
     return {
         "prompt_id": prompt_id(messages, tools),
         "messages": messages,
@@ -259,7 +280,13 @@ def _messages(value, column: str, form: str) -> list[dict]:
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
     if not ok or not value:
         raise RowError(f"column '{column}' must be a non-empty list of {{role, content}} strings")
+    for m in value:
+        if m["role"] not in ROLES:
+            raise RowError(f"column '{column}': unknown role {m['role']!r} (known: {', '.join(ROLES)})")
     return [{"role": m["role"], "content": clean_text(m["content"], form)} for m in value]
+
+
+ROLES = ("system", "user", "assistant", "tool")
 
 
 def _tools(value, column: str) -> str | None:
@@ -272,8 +299,31 @@ def _tools(value, column: str) -> str | None:
             raise RowError(f"column '{column}' is not valid JSON") from None
     if not isinstance(value, list):
         raise RowError(f"column '{column}' must be a list of tool schemas")
+    for i, tool in enumerate(value):
+        problem = _tool_problem(tool)
+        if problem:
+            raise RowError(f"column '{column}': tool {i}: {problem}")
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
+
+def _tool_problem(tool) -> str | None:
+    """What makes a tool schema not a function definition ({name, description?, parameters}, bare
+    or inside OpenAI's {"type": "function", "function": ...}), or None."""
+    if isinstance(tool, dict) and tool.get("type") == "function" and "function" in tool:
+        tool = tool["function"]
+    if not isinstance(tool, dict):
+        return f"expected a function definition object, got {type(tool).__name__}"
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        return "needs a string 'name'"
+    params = tool.get("parameters", {"type": "object"})
+    if not isinstance(params, dict) or params.get("type", "object") != "object":
+        return "'parameters' must be a JSON Schema object ({\"type\": \"object\", \"properties\": ...})"
+    if not isinstance(params.get("properties", {}), dict):
+        return "'parameters.properties' must be a mapping"
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Zero-width and byte-order marks are invisible yet change the prompt's hash and tokens.
 _INVISIBLE = {"\ufeff", "\u200b", "\u200c", "\u2060"}

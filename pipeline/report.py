@@ -38,14 +38,15 @@ def for_run(run_dir: Path) -> Config:
     return cfg
 
 
-COLORS = {"teacher": "#4c78a8", "baseline": "#f58518", "student": "#54a24b"}
+COLORS = {"teacher": "#4c78a8", "baseline": "#f58518", "student": "#54a24b", "sft": "#e45756",
+          "kd_same_vocab": "#54a24b", "kd_cross_vocab": "#72b7b2", "full_logit_reference": "#4c78a8"}
 
 
 def run(cfg: Config) -> dict:
     started = time.time()
     m = {s: manifest.read(cfg, s) for s in ("models", "prepare", "generate", "clean", "train", "eval")}
     sections = [_provenance(cfg, m), _generation(cfg, m), _cleaning(cfg, m), _traces(cfg, m), _training(cfg, m),
-                _comparison(cfg, m)]
+                _comparison(cfg, m), _quality(cfg)]
     body = "\n".join(sections)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>distill report: {html.escape(cfg.run.name)}"
             f"</title><style>{STYLE}</style></head><body><h1>Distillation run <code>{html.escape(cfg.run.name)}</code>"
@@ -194,3 +195,30 @@ def _comparison(cfg: Config, m: dict) -> str:
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return "<h2>Teacher, baseline, student (held-out prompts)</h2>" + _table(rows, ["model"] + keys) + _png(fig)
+
+
+def _quality(cfg: Config) -> str:
+    """`distill bench quality`'s table and chart, when it has run (artifacts/bench/quality.json)."""
+    path = Path(cfg.run.artifacts_dir) / "bench" / "quality.json"
+    if not path.is_file():
+        return ""
+    q = json.loads(path.read_text())
+    names = list(q["models"])
+    rows = []
+    for name in names:
+        row = {"model": name}
+        for key in ("kl_per_byte", "top1_agreement", "accuracy", "train_seconds"):
+            v = q["models"][name].get(key)
+            row[key] = f"{v['mean']:.4g} ({v['min']:.4g}-{v['max']:.4g})" if v else "n/a"
+        rows.append(row)
+    fig, ax = _figure(8, 3)
+    means = [q["models"][n]["kl_per_byte"]["mean"] for n in names]
+    spread = [[m - q["models"][n]["kl_per_byte"]["min"] for n, m in zip(names, means)],
+              [q["models"][n]["kl_per_byte"]["max"] - m for n, m in zip(names, means)]]
+    ax.bar(names, means, yerr=spread, capsize=4, color=[COLORS.get(n, "#b279a2") for n in names])
+    ax.set_ylabel("KL to teacher per byte")
+    ax.tick_params(axis="x", labelsize=8)
+    ratios = ", ".join(f"{k} {q[k]}" for k in ("kd_over_sft_kl", "cross_over_sft_kl", "kd_vs_full_logit_gain"))
+    return (f"<h2>What KD buys over SFT (<code>distill bench quality</code>, {q['seeds']} seeds)</h2>"
+            f"<p>{html.escape(ratios)}; mean (min-max) over seeds.</p>"
+            + _table(rows, ["model", "kl_per_byte", "top1_agreement", "accuracy", "train_seconds"]) + _png(fig))

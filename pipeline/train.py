@@ -59,6 +59,22 @@ class DistillTrainer(SFTTrainer):
         _add_distill_head(model)
         super().__init__(model=model, args=args, **kwargs)
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """accelerate turns FSDP on only for GPU processes; FSDP2 itself runs on CPU over gloo, so a
+        launch that asked for FSDP (`--accelerate configs/accelerate/cpu_fsdp2.yaml`) gets it there too
+        instead of silently falling back to DDP."""
+        super().create_accelerator_and_postprocess()
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and \
+                self.accelerator.distributed_type == DistributedType.MULTI_CPU:
+            # every later AcceleratorState copies PartialState's type back in: set both
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.accelerator.state.distributed_type = DistributedType.FSDP
+            self.accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* settings
+            self.is_fsdp_enabled = True
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = {key: inputs.pop(key) for key in DISTILL_KEYS if key in inputs}
         if self.args.kd_weight == 0:
@@ -200,13 +216,15 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
         click.echo("train: --resume given but no checkpoint yet; starting from the student", err=True)
     result = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
 
+    # Under FSDP the full weights exist only when every rank takes part in gathering them.
+    state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if not trainer.is_world_process_zero():
         return {}
     final = trainer.model.merge_and_unload() if t.lora_r else trainer.model
     final.forward = type(final).forward.__get__(final)  # drop the distill head before saving
     with_tmp = out / f"model{TMP_SUFFIX}"
     shutil.rmtree(with_tmp, ignore_errors=True)
-    final.save_pretrained(with_tmp)
+    final.save_pretrained(with_tmp, state_dict=state)
     tokenizer.save_pretrained(with_tmp)
     shutil.rmtree(out / "model", ignore_errors=True)
     with_tmp.rename(out / "model")
@@ -215,6 +233,60 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
                           model=str(out / "model"), student_start=str(student_dir), data=data_info, mode=mode,
                           train_loss=result.training_loss, log_history=trainer.state.log_history,
                           final_logs=history[-1] if history else {})
+
+
+def dry_run(cfg: Config) -> None:
+    """Check the teacher/student tokenizer pair without training: whether KD runs on the same
+    vocabulary or across tokenizers, the vocabulary map's shares, and how the teacher's tokens
+    align (one-to-one, within a group, not at all) on up to 200 train traces, or on the prepared
+    prompts' text when there are no traces yet. Models that are not local are reported and skipped."""
+    m = manifest.read(cfg, "models")
+    paths = {role: Path(m["models"][role]["path"]) for role in ("teacher", "student")} if m else \
+        {"teacher": Path(cfg.models.teacher), "student": Path(cfg.models.student)}
+    for role, path in paths.items():
+        click.echo(f"{role}:{' ' * (9 - len(role))}{path}")
+        if not (path / "config.json").is_file():
+            click.echo(f"tokenizers:     {role} is not a local model directory (run `distill models {cfg.file}` "
+                       "first); pair not checked")
+            return
+    teacher_tok, student_tok = (crosstok.load_tokenizer(paths[r]) for r in ("teacher", "student"))
+    if crosstok.vocabulary_mismatch(paths["teacher"], paths["student"]) is None:
+        click.echo("tokenizers:     same vocabulary: KD on the teacher's exact ids and top-k")
+        return
+    _, t_bytes, t_eos, s_bytes, vmap = crosstok.pair(cfg.models_dir, paths["teacher"], student_tok)
+    click.echo(f"tokenizers:     different vocabularies ({len(teacher_tok)} vs {len(student_tok)}): KD across "
+               f"tokenizers, train.cross_tokenizer_loss={cfg.train.cross_tokenizer_loss}")
+    click.echo("vocabulary map: " + ", ".join(f"{k} {v:.1%}" for k, v in vmap.shares().items()) + " of teacher ids")
+    gen_dir = cfg.run_dir / "generate"
+    if list((gen_dir / "generations").glob("part-*.parquet")):
+        source = "train traces"
+        samples = (tokens.tolist() for _, _, _, tokens, _, _, _ in
+                   topk.read_traces(gen_dir, lambda s, split: split == "train", 1))
+    elif (cfg.run_dir / "prepare/prompts.parquet").is_file():
+        source = "prompts (no traces yet)"
+        samples = (teacher_tok.encode("\n".join(msg["content"] for msg in p["messages"]), add_special_tokens=False)
+                   for p in _prompts(cfg).values())
+    else:
+        click.echo(f"alignment:      nothing to align yet (run `distill prepare {cfg.file}`)")
+        return
+    counts = {"one_to_one": 0, "in_a_group": 0, "not_at_all": 0}
+    failed = n = 0
+    for ids in samples:
+        if n == 200:
+            break
+        n += 1
+        try:
+            _, groups = crosstok.student_ids_and_groups(ids, t_bytes, t_eos, student_tok, s_bytes)
+        except crosstok.AlignmentError:
+            failed += 1
+            continue
+        for t0, t1, s0, s1 in groups:
+            key = "one_to_one" if t1 - t0 == 1 and s1 - s0 == 1 else "not_at_all" if s1 == s0 else "in_a_group"
+            counts[key] += t1 - t0
+    total = max(sum(counts.values()), 1)
+    click.echo(f"alignment:      {n} {source}: teacher tokens " + ", ".join(f"{k.replace('_', ' ')} {v / total:.1%}"
+                                                                          for k, v in counts.items())
+               + (f"; {failed} could not be aligned" if failed else ""))
 
 
 def trainer_args(cfg: Config, checkpoints: Path, **overrides) -> DistillConfig:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+from pipeline.cli import set_environment_defaults
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # tests' engines are tiny
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+set_environment_defaults()  # what the CLI sets, for the stages tests call in-process
 
 ROOT = Path(__file__).parent.parent
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pyarrow as pa
+import torch
 import pyarrow.parquet as pq
 import pytest
 
@@ -47,7 +48,7 @@ def _losses(out_dir):
 
 def test_ddp_two_cpu_processes_match_one_process(traced, tmp_path):
     cfg, run_dir = _copy(traced, tmp_path)
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two = tmp_path / "artifacts/one", tmp_path / "artifacts/two"
     distill_cli("train", cfg, "--set", f"train.output_dir={one}")
     distill_cli("train", cfg, "--accelerate", ROOT / "configs/accelerate/cpu_ddp2.yaml",
                 "--set", f"train.output_dir={two}", "--set", "train.per_device_train_batch_size=2")
@@ -60,9 +61,28 @@ def test_ddp_two_cpu_processes_match_one_process(traced, tmp_path):
     assert (two / "model/config.json").is_file()
 
 
+def test_fsdp_two_cpu_processes_match_one_process(traced, tmp_path):
+    """FSDP2 shards the weights, the LM head's included: the chunked KD loss must read it whole
+    inside the forward and hand its gradient back to the shards."""
+    cfg, run_dir = _copy(traced, tmp_path)
+    one, two = tmp_path / "artifacts/one", tmp_path / "artifacts/two"
+    distill_cli("train", cfg, "--set", f"train.output_dir={one}")
+    r = distill_cli("train", cfg, "--accelerate", ROOT / "configs/accelerate/cpu_fsdp2.yaml",
+                    "--set", f"train.output_dir={two}", "--set", "train.per_device_train_batch_size=2")
+    _, single = _losses(one)
+    _, fsdp = _losses(two)
+    assert len(single) == len(fsdp) == 3
+    assert fsdp == pytest.approx(single, rel=2e-3)
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(one / "model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(two / "model").state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
 def test_resume_continues_at_the_saved_step(traced, tmp_path):
     cfg, _ = _copy(traced, tmp_path)
-    out = tmp_path / "r"
+    out = tmp_path / "artifacts/r"
     distill_cli("train", cfg, "--set", f"train.output_dir={out}", "--set", "train.max_steps=2",
                 "--set", "train.save_steps=2")
     assert (out / "checkpoints/checkpoint-2").is_dir()
@@ -78,7 +98,7 @@ def test_other_vocabulary_trains_with_kd_across_tokenizers(traced, tmp_path):
     cfg, run_dir = _copy(traced, tmp_path)
     retok = ("--set", "models.student=pruned-retokenized", "--set", "models.student_vocab_size=600")
     distill_cli("models", cfg, *retok)
-    out = tmp_path / "cross"
+    out = tmp_path / "artifacts/cross"
     r = distill_cli("train", cfg, *retok, "--set", f"train.output_dir={out}", "--set", "train.max_steps=4")
     m, losses = _losses(out)
     assert m["mode"] == "cross" and "across tokenizers: topk+alm" in r.stdout
@@ -90,10 +110,19 @@ def test_other_vocabulary_trains_with_kd_across_tokenizers(traced, tmp_path):
     student = json.loads((run_dir / "models/manifest.json").read_text())["models"]["student"]
     assert json.loads((out / "model/config.json").read_text())["vocab_size"] == student["vocab_size"] == 600
     # kd_weight 0 with another vocabulary: TRL's SFT loss on the re-tokenized text
-    sft = tmp_path / "sft"
+    sft = tmp_path / "artifacts/sft"
     distill_cli("train", cfg, *retok, "--set", "train.kd_weight=0", "--set", f"train.output_dir={sft}",
                 "--set", "train.max_steps=1")
     assert json.loads((sft / "manifest.json").read_text())["mode"] == "text"
+
+
+def test_output_dir_outside_artifacts_is_refused_unless_allowed(traced, tmp_path):
+    cfg, _ = _copy(traced, tmp_path)
+    victim = tmp_path / "elsewhere"
+    (victim / "model").mkdir(parents=True)
+    r = distill_cli("train", cfg, "--set", f"train.output_dir={victim}", check=False)
+    assert r.returncode == 1 and r.stderr.startswith(f"error: {cfg}: train.output_dir: must lie under run.artifacts_dir")
+    assert (victim / "model").is_dir()  # nothing was deleted
 
 
 def test_student_tokenizer_that_cannot_be_loaded_is_one_line(traced, tmp_path):
@@ -132,7 +161,7 @@ def test_lora_with_gradient_checkpointing_saves_a_merged_model(traced, tmp_path)
     from transformers import AutoModelForCausalLM
 
     cfg, _ = _copy(traced, tmp_path)
-    out = tmp_path / "lora"
+    out = tmp_path / "artifacts/lora"
     distill_cli("train", cfg, "--set", f"train.output_dir={out}", "--set", "train.lora_r=4", "--set", "train.max_steps=2",
                 "--set", "train.gradient_checkpointing=true")
     m, losses = _losses(out)
