@@ -1,34 +1,45 @@
-"""`distill bench clean`: the cleaning rules on synthetic generations of realistic shape, against a
-straightforward pandas implementation of the same rules, into artifacts/bench/clean.json.
+"""`distill bench clean`: the whole `distill clean` on synthetic generations of realistic shape,
+and the rules against a pandas implementation of the same rules, into artifacts/bench/clean.json.
 
     distill bench clean configs/quickstart.yaml --rows 1000000
 
-Rows carry ~2 KB of reasoning text and one planted defect in every 40 rows per rule. Timed on
-their own: `rows_per_s` (load + every rule but near-duplicate detection, verdicts precomputed),
-`verify_rows_per_s` (answer extraction and checking) and `near_dup_rows_per_s` (MinHash
-signatures + LSH rule over the survivors). The pandas baseline runs on a `--sample`-row prefix,
-where DuckDB runs again, and both must drop the same rows for the same rules.
+Rows carry ~2 KB of reasoning text and one planted defect in every 40 rows per rule; one prompt in
+ten is Chinese with Chinese reasoning, and the English text carries typographic punctuation and
+now and then a Chinese word, as R1 writes, so the non-ASCII paths are measured too.
+`rows_per_s` is `distill clean` run as a user runs it, in its own process, wall time from start
+to exit (load, verification, every rule, near-duplicates, the three outputs written), and
+`peak_rss_mb` is that process's peak. The stage's own timings split it up: `rules_rows_per_s`
+(the rules), `verify_rows_per_s` (answer extraction and checking), `near_dup_rows_per_s` (MinHash +
+LSH over the survivors). The pandas baseline, vectorized as a competent pandas user writes it
+(.str methods and groupby; comprehensions only where pandas has no vectorized form), runs on a
+`--sample`-row prefix, where DuckDB runs the same rules again; both must drop the same rows.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import click
 import duckdb
+import numpy as np
 import pandas as pd
 import regex
 
 from pipeline import clean
 from pipeline.config import RULES as CLEAN_RULES
 from pipeline.config import CleanConfig, Config
+from pipeline.files import sql_quote
 
 WORDS = ("the a of to and we so then is are add take left right total number count each more less sum first next "
          "apples boxes pens coins cards marbles books step check answer result value times plus minus equals "
          "twelve seven three nine five four eight six two one ten hundred group share split half double every "
-         "remaining altogether start end carry digit place column row because therefore since given find").split()
+         "remaining altogether start end carry digit place column row because therefore since given find "
+         "“so” “then” it’s we’re —wait— again… 总数 ok").split()  # typographic punctuation and a Chinese word, as R1 writes
 CJK_WORDS = "我们 把 这些 数 加 起来 然后 检查 结果 所以 答案 是 每 个 盒子 里 有 支 笔 一共 多少 剩下 因为".split()
 DEFECTS = ("truncated", "unclosed_reasoning", "empty_answer", "garbled", "garbled_control", "repetition",
            "language_mix", "length", "incorrect", "exact_duplicate", "contaminated")
@@ -37,10 +48,14 @@ PLANT_EVERY = 40  # one prompt in 40 carries each defect, on its first sample
 
 
 def synthesize(out: Path, rows: int) -> tuple[Path, Path]:
-    """generations.parquet (the columns clean reads) and prompts.parquet, cached by row count."""
-    out.mkdir(parents=True, exist_ok=True)
-    gens, prompts = out / f"generations-{rows}.parquet", out / f"prompts-{rows}.parquet"
-    if gens.exists() and prompts.exists():
+    """A run directory as generate leaves it (prepare/prompts.parquet, one generations shard with
+    every column of the schema, a generate manifest), cached by row count; returns the shard and
+    the prompts file."""
+    (out / "generate/generations").mkdir(parents=True, exist_ok=True)
+    (out / "prepare").mkdir(parents=True, exist_ok=True)
+    gens, prompts = out / "generate/generations/part-000of001-00000.parquet", out / "prepare/prompts.parquet"
+    manifest = out / "generate/manifest.json"
+    if gens.exists() and prompts.exists() and manifest.exists():
         return gens, prompts
     con = duckdb.connect()
     con.execute("SET memory_limit = '4GB'")
@@ -54,8 +69,11 @@ def synthesize(out: Path, rows: int) -> tuple[Path, Path]:
         CREATE TABLE p AS
         SELECT q, 'p' || q AS prompt_id, CASE WHEN q % 100 = 0 THEN 'eval' ELSE 'train' END AS split,
                (q % 997)::VARCHAR AS reference,
-               -- every 100th prompt is an eval prompt; the train prompt after it copies its question
-               {text.format(n=40, seed='CASE WHEN q % 100 = 1 THEN q - 1 ELSE q END', v=len(WORDS))} AS question
+               -- every 100th prompt is an eval prompt; the train prompt after it copies its question;
+               -- every 10th (from the 5th) is Chinese, answered in Chinese
+               CASE WHEN q % 10 = 5 THEN {cjk.replace('range(400)', 'range(30)').replace('hash(i, j)', 'hash(q, j)')}
+                    ELSE {text.format(n=40, seed='CASE WHEN q % 100 = 1 THEN q - 1 ELSE q END', v=len(WORDS))}
+               END AS question, q % 10 = 5 AS chinese
         FROM range({rows // 2}) t(q)""")
     con.execute(f"""COPY (SELECT prompt_id, [{{'role': 'user', 'content': question}}] AS messages, NULL::VARCHAR AS tools,
                                  reference, 'math' AS task, 'synthetic' AS source, NULL::VARCHAR AS source_id,
@@ -63,13 +81,17 @@ def synthesize(out: Path, rows: int) -> tuple[Path, Path]:
                     TO '{prompts}.tmp' (FORMAT parquet)""")
     con.execute(f"""COPY (
         WITH s AS (
-            SELECT i, p.prompt_id, p.split, p.reference, (i % 2)::INTEGER AS sample_idx,
+            SELECT i, p.prompt_id, p.split, p.reference, p.chinese, (i % 2)::INTEGER AS sample_idx,
                    coalesce(['{"','".join(DEFECTS)}'][1 + (i // 2 % {PLANT_EVERY})::INTEGER], 'none') AS planted
             FROM range({rows}) t(i) JOIN p ON p.q = i // 2
         )
         SELECT prompt_id || '-' || sample_idx AS sample_id, prompt_id, sample_idx, split,
+               '' AS prompt_text, []::INTEGER[] AS prompt_token_ids,
                CASE WHEN planted = 'repetition' AND sample_idx = 0 THEN repeat('Let me add these again. ', 90)
+                    WHEN planted = 'language_mix' AND sample_idx = 0 AND chinese THEN {text.format(n=330, seed='i', v=len(WORDS))}
                     WHEN planted = 'language_mix' AND sample_idx = 0 THEN {cjk}
+                    WHEN chinese AND planted = 'exact_duplicate' THEN {cjk.replace('hash(i, j)', 'hash(-1 - i // 2, j)')}
+                    WHEN chinese THEN {cjk}
                     WHEN planted = 'exact_duplicate' THEN {text.format(n=330, seed='-1 - i // 2', v=len(WORDS))}
                     ELSE {text.format(n=330, seed='i', v=len(WORDS))} END
                || CASE WHEN planted = 'garbled' AND sample_idx = 0 THEN chr(65533)
@@ -79,12 +101,17 @@ def synthesize(out: Path, rows: int) -> tuple[Path, Path]:
                     ELSE 'The answer is \\boxed{{' || reference || '}}.' END AS answer,
                NOT (planted = 'unclosed_reasoning' AND sample_idx = 0) AS reasoning_closed,
                CASE WHEN planted = 'unclosed_reasoning' AND sample_idx = 0 THEN 0 ELSE 1 END AS think_end_count,
+               NULL::INTEGER AS think_end_index, 40 AS prompt_tokens,
                CASE WHEN planted = 'length' AND sample_idx = 0 THEN 50000 ELSE 500 + (i % 300)::INTEGER END
                    AS completion_tokens,
-               CASE WHEN planted = 'truncated' AND sample_idx = 0 THEN 'length' ELSE 'stop' END AS finish_reason
+               completion_tokens - 10 AS reasoning_tokens, 10 AS answer_tokens,
+               CASE WHEN planted = 'truncated' AND sample_idx = 0 THEN 'length' ELSE 'stop' END AS finish_reason,
+               'synthetic' AS model, NULL::BIGINT AS seed, 0::FLOAT AS latency_s
         FROM s) TO '{gens}.tmp' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)""")
     Path(f"{prompts}.tmp").rename(prompts)
     Path(f"{gens}.tmp").rename(gens)
+    manifest.write_text(json.dumps({"stage": "generate", "key": f"synthetic-{rows}",
+                                    "config": {"generate": {"think_end": "</think>"}}}))
     return gens, prompts
 
 
@@ -114,80 +141,77 @@ def _duckdb_clean(cfg: Config, gens: Path, prompts: Path, rules: list[str], scra
 
 
 # ---------------------------------------------------------------------------------------------
-# The baseline: the same rules written the obvious way in pandas.
+# The baseline: the same rules as a competent pandas user writes them.
 
 CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
 SCRIPTS = {"latin": r"\p{Latin}", "cjk": CJK, "cyrillic": r"\p{Cyrillic}", "arabic": r"\p{Arabic}"}
+UNPRINTABLE = regex.compile(r"[\p{Cf}\p{Co}\p{Cs}]")
+LETTER = regex.compile(r"\p{L}")
 
 
-def _count(pattern: str, text: str) -> int:
-    return len(regex.findall(pattern, text))
-
-
-def _script(text: str) -> str:
-    counts = {name: _count(f"[{cls}]", text) for name, cls in SCRIPTS.items()}
-    best = max(counts, key=counts.get)
-    return "none" if counts[best] == 0 else best
-
-
-def _mixed(row, c) -> bool:
-    t = row.reasoning + row.answer
-    letters = _count(r"\p{L}", t)
-    if row.script == "none" or letters == 0:
-        return False
-    return 1 - _count(f"[{SCRIPTS[row.script]}]", t) / letters > c.max_script_mix
-
-
-def _repetitive(t: str, c) -> bool:
-    n, k = len(t), c.repeat_probe_chars
-    if n < 4 * k:
-        return False
-    middle, tail = t[n // 2 - 1:n // 2 - 1 + k], t[-k:]
-    size = len(t.encode())
-    return max(t.count(p) * len(p.encode()) for p in (middle, tail)) / size > c.max_repeated_share
-
-
-def _ngrams(text: str, n: int) -> set[str]:
-    w = regex.sub(r"[^\p{L}\p{N}]+", " ", text.lower()).strip(" ").split(" ")
-    return {" ".join(w[i:i + n]) for i in range(len(w) - n + 1)}
+def _counts(pattern, texts: pd.Series) -> np.ndarray:
+    """Matches per text of a Unicode-property pattern: pandas' .str methods use `re`, which has no
+    \\p{...}, so a comprehension over the column with the `regex` module (no per-row apply)."""
+    compiled = regex.compile(pattern) if isinstance(pattern, str) else pattern
+    return np.fromiter((len(compiled.findall(t)) for t in texts), dtype=np.int64, count=len(texts))
 
 
 def pandas_clean(cfg: Config, gens: Path, prompts: Path, verdicts: pd.DataFrame) -> dict:
     c = cfg.clean
-    df = pd.read_parquet(gens)
+    df = pd.read_parquet(gens, columns=list(clean.SAMPLE_COLUMNS))
     p = pd.read_parquet(prompts)
-    p["prompt_text"] = p["messages"].map(lambda ms: "\n".join(m["content"] for m in ms if m["role"] == "user"))
+    users = p["messages"].explode()
+    users = users[users.str["role"] == "user"].str["content"]
+    p["prompt_text"] = users.groupby(level=0).agg("\n".join)
     df = df.merge(p[["prompt_id", "prompt_text", "task", "reference"]], on="prompt_id", how="left")
     df = df.merge(verdicts, on="sample_id", how="left")
-    text = df["reasoning"] + df["answer"]
+    df["text"] = df["reasoning"] + df["answer"]
     dropped = {}
 
     def drop(rule: str, mask) -> None:
-        nonlocal df, text
-        for sid in df.loc[mask, "sample_id"]:
-            dropped[sid] = rule
-        df, text = df[~mask], text[~mask]
+        nonlocal df
+        mask = np.asarray(mask, dtype=bool)
+        dropped.update(dict.fromkeys(df.loc[mask, "sample_id"], rule))
+        df = df[~mask]
 
     drop("truncated", df["finish_reason"] == "length")
     drop("unclosed_reasoning", ~df["reasoning_closed"].astype(bool) | (df["think_end_count"] > 1))
     drop("empty_answer", df["answer"].str.strip(" \t\n\r") == "")
-    unprintable = text.map(lambda t: _count(r"[\p{Cf}\p{Co}\p{Cs}]", t) / max(len(t), 1))
-    drop("garbled", text.str.contains("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]") | text.str.contains("[\ufffd\x80-\x9f]")
-         | (unprintable > c.max_unprintable_share))
-    drop("repetition", text.map(lambda t: _repetitive(t, c)))
-    scripts = df.drop_duplicates("prompt_id").set_index("prompt_id")["prompt_text"].map(_script)
-    df = df.assign(script=df["prompt_id"].map(scripts))
-    drop("language_mix", df.apply(lambda r: _mixed(r, c), axis=1))
+    length = df["text"].str.len().clip(lower=1).to_numpy()
+    drop("garbled", df["text"].str.contains("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x80-\x9f\ufffd]")
+         | (_counts(UNPRINTABLE, df["text"]) / length > c.max_unprintable_share))
+    t = df["text"]
+    n, k = t.str.len(), c.repeat_probe_chars
+    middle = [x[m // 2 - 1:m // 2 - 1 + k] for x, m in zip(t, n)]  # a probe at a per-row offset: no .str form
+    tail = t.str[-k:]
+    size = t.str.encode("utf-8").str.len()
+    copies = np.maximum([x.count(m) * len(m.encode()) for x, m in zip(t, middle)],
+                        [x.count(m) * len(m.encode()) for x, m in zip(t, tail)])
+    drop("repetition", (n >= 4 * k) & (copies / size.clip(lower=1) > c.max_repeated_share))
+    first = df.drop_duplicates("prompt_id").set_index("prompt_id")["prompt_text"]
+    per_script = pd.DataFrame({name: _counts(f"[{cls}]", first) for name, cls in SCRIPTS.items()}, index=first.index)
+    script = per_script.idxmax(axis=1).where(per_script.max(axis=1) > 0, "none")
+    df = df.assign(script=df["prompt_id"].map(script))
+    letters = _counts(LETTER, df["text"])
+    own = np.zeros(len(df), dtype=np.int64)
+    for name, cls in SCRIPTS.items():
+        rows = (df["script"] == name).to_numpy()
+        own[rows] = _counts(f"[{cls}]", df["text"][rows])
+    mixed = (df["script"] != "none").to_numpy() & (letters > 0) & (1 - own / np.maximum(letters, 1) > c.max_script_mix)
+    drop("language_mix", mixed)
     drop("length", (df["completion_tokens"] < c.min_tokens) | (df["completion_tokens"] > c.max_tokens))
     drop("incorrect", (df["correct"] == False) & (not c.keep_incorrect))  # noqa: E712 (NaN = unchecked)
-    eval_grams = set().union(*(_ngrams(t, c.decontam_ngram) for t in p.loc[p["split"] == "eval", "prompt_text"]))
-    train = df[df["split"] == "train"].drop_duplicates("prompt_id")
-    grams = {pid: _ngrams(t, c.decontam_ngram) for pid, t in zip(train["prompt_id"], train["prompt_text"])}
-    freq = pd.Series([g for gs in grams.values() for g in gs]).value_counts()
-    common = set(freq[freq > max(1, c.decontam_max_prompt_share * len(grams))].index)
-    leaked = {pid for pid, gs in grams.items() if (gs & eval_grams) - common}
+    words = p["prompt_text"].str.lower().str.replace(r"[^\w]+|_", " ", regex=True).str.strip().str.split()
+    n_gram = c.decontam_ngram
+    grams = pd.Series([{" ".join(w[i:i + n_gram]) for i in range(len(w) - n_gram + 1)} for w in words], index=p.index)
+    eval_grams = set().union(*grams[p["split"] == "eval"])
+    train = p["prompt_id"].isin(df.loc[df["split"] == "train", "prompt_id"]) & (p["split"] == "train")
+    exploded = grams[train].explode().dropna()
+    freq = exploded.value_counts()
+    common = set(freq[freq > max(1, c.decontam_max_prompt_share * int(train.sum()))].index)
+    leaked = set(p.loc[exploded[exploded.isin(eval_grams - common)].index.unique(), "prompt_id"])
     drop("contaminated", (df["split"] == "train") & df["prompt_id"].isin(leaked))
-    key = df["prompt_id"] + "\x00" + text.str.lower()
+    key = df["prompt_id"] + "\x00" + df["text"].str.lower()
     drop("exact_duplicate", df.assign(key=key).sort_values("sample_idx").groupby("key").cumcount()
          .reindex(df.index) > 0)
     order = df.sort_values(["completion_tokens", "sample_idx"])
@@ -201,24 +225,36 @@ def pandas_clean(cfg: Config, gens: Path, prompts: Path, verdicts: pd.DataFrame)
 def bench_clean(cfg: Config, rows: int, sample: int) -> dict:
     base = Path(cfg.run.artifacts_dir) / "bench"
     scratch = base / "clean.tmp"
+    run_dir = base / f"clean_run-{rows}"
     t = time.perf_counter()
-    gens, prompts = synthesize(base / "clean_data", rows)
+    gens, prompts = synthesize(run_dir, rows)
     click.echo(f"  synthetic data: {rows:,} rows ({gens.stat().st_size / 1e6:.0f} MB Parquet) "
                f"in {time.perf_counter() - t:.0f}s")
     # the rules' default parameters, whatever the config file tunes for its own data
     cfg.clean = dataclasses.replace(CleanConfig(), memory_limit=cfg.clean.memory_limit, temp_dir=cfg.clean.temp_dir,
                                     threads=cfg.clean.threads, rules=RULES + ["near_duplicate"])
 
-    full = _duckdb_clean(cfg, gens, prompts, RULES, scratch)
-    rows_per_s = full["rows"] / (full["load"] + full["rules"])
-    click.echo(f"  duckdb, {full['rows']:,} rows: load {full['load']:.1f}s + rules {full['rules']:.1f}s = "
-               f"{rows_per_s:,.0f} rows/s; verify {full['rows'] / full['verify']:,.0f} rows/s; near-dup "
-               f"{full['near_dup_rows'] / full['near_dup']:,.0f} rows/s; peak RSS {full['peak_rss_mb']:.0f} MB")
+    # The whole stage, as a user runs it, in its own process.
+    config = base / f"clean_run-{rows}.yaml"
+    section = {k: v for k, v in dataclasses.asdict(cfg.clean).items() if k != "sql_dir"}
+    config.write_text(json.dumps({"run": {"name": run_dir.name, "artifacts_dir": str(base)}, "clean": section}))
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "clean", str(config)], check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    m = json.loads((run_dir / "clean/manifest.json").read_text())
+    funnel = {f["rule"]: f for f in m["funnel"]}
+    near = funnel["near_duplicate"]
+    rules_s = m["seconds"]["rules"] - near["seconds"]
+    click.echo(f"  distill clean, {rows:,} rows: {wall:.1f}s wall ({rows / wall:,.0f} rows/s; load "
+               f"{m['seconds']['load']:.1f}s, verify {m['seconds']['verify']:.1f}s, rules {rules_s:.1f}s, near-dup "
+               f"{near['seconds']:.1f}s, write {m['seconds']['write']:.1f}s); peak RSS {peak:.0f} MB")
 
     # The same rules on a prefix, in DuckDB and in pandas; both must drop the same rows.
-    small = base / "clean_data" / f"sample-{rows}-{sample}.parquet"
+    small = base / f"clean_run-{rows}-sample-{sample}.parquet"
     if not small.exists():
-        duckdb.execute(f"COPY (SELECT * FROM read_parquet('{gens}') LIMIT {sample}) TO '{small}' (FORMAT parquet)")
+        duckdb.execute(f"COPY (SELECT * FROM read_parquet({sql_quote(gens)}) LIMIT {sample}) TO {sql_quote(small)} "
+                       "(FORMAT parquet)")
     cfg.clean.rules = RULES
     part = _duckdb_clean(cfg, small, prompts, RULES, scratch)
     with clean.connect(cfg.clean, scratch) as con:
@@ -237,13 +273,14 @@ def bench_clean(cfg: Config, rows: int, sample: int) -> dict:
             f"{k}: pandas {pandas_dropped.get(k)} / duckdb {part['dropped'].get(k)}" for k in sorted(diff)[:5]))
     limit_mb = cfg.clean.memory_limit_mb
     return {
-        "rows": full["rows"], "sample_rows": sample, "rules": RULES, "memory_limit_mb": limit_mb,
-        "rows_per_s": round(rows_per_s), "peak_rss_mb": round(full["peak_rss_mb"]),
-        "near_dup_rows_per_s": round(full["near_dup_rows"] / full["near_dup"]),
-        "verify_rows_per_s": round(full["rows"] / full["verify"]),
-        "speedup_vs_pandas": round((sample / duck_s) / (sample / pandas_s), 2),
+        "rows": rows, "sample_rows": sample, "rules": RULES, "memory_limit_mb": limit_mb,
+        "rows_per_s": round(rows / wall), "wall_s": round(wall, 1), "stage_seconds": m["seconds"],
+        "rules_rows_per_s": round(rows / rules_s), "peak_rss_mb": round(peak),
+        "near_dup_rows_per_s": round(near["rows_in"] / near["seconds"]),
+        "verify_rows_per_s": round(rows / m["seconds"]["verify"]),
+        "speedup_vs_pandas": round(pandas_s / duck_s, 2),
         "pandas_rows_per_s": round(sample / pandas_s), "same_drops_as_pandas": agree,
-        "dropped_by_rule": {r: sum(1 for v in full["dropped"].values() if v == r) for r in RULES},
-        "targets": {"speedup_vs_pandas": ">= 10", "rows_per_s": ">= 50000", "near_dup_rows_per_s": ">= 5000",
-                    "peak_rss_mb": f"<= memory_limit_mb ({limit_mb})"},
+        "dropped_by_rule": {r: funnel[r]["dropped"] for r in RULES + ["near_duplicate"]},
+        "targets": {"rows_per_s": ">= 30000 (whole distill clean)", "speedup_vs_pandas": ">= 10",
+                    "near_dup_rows_per_s": ">= 5000", "peak_rss_mb": f"<= memory_limit_mb ({limit_mb})"},
     }

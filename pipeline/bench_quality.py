@@ -7,8 +7,8 @@ The run's cached traces (models, prepare, generate and clean run first if they h
 four students per seed, each with the config's train settings:
 - sft: the pruned student, kd_weight 0 (TRL's SFT loss on the teacher's tokens);
 - kd_same_vocab: the pruned student, the config's kd_weight, KD on the stored top-k;
-- kd_cross_vocab: the pruned student with its own tokenizer (models.retokenize), KD across
-  tokenizers (train.cross_tokenizer_loss);
+- sft_cross_vocab / kd_cross_vocab: the pruned student with its own tokenizer (models.retokenize),
+  SFT on the re-tokenized text, and KD across tokenizers (train.cross_tokenizer_loss);
 - full_logit_reference: the pruned student with the teacher loaded and KL on its full
   distribution at every position (a reference only: the pipeline never loads the teacher).
 Each, and the untrained `baseline`, is evaluated like `distill eval` does: kl_per_byte and
@@ -30,7 +30,7 @@ from pipeline.config import Config
 from pipeline.files import read_table
 from pipeline.schema import PROMPTS
 
-MODES = ("sft", "kd_same_vocab", "kd_cross_vocab", "full_logit_reference")
+MODES = ("sft", "kd_same_vocab", "sft_cross_vocab", "kd_cross_vocab", "full_logit_reference")
 
 
 def bench_quality(cfg: Config, seeds: int) -> dict:
@@ -42,17 +42,19 @@ def bench_quality(cfg: Config, seeds: int) -> dict:
                if p["split"] == "eval"][:cfg.eval.max_prompts or None]
     kd_weight = cfg.train.kd_weight or 0.5
     out_root = Path(cfg.run.artifacts_dir) / "bench" / "quality"
-    results: dict[str, list[dict]] = {"baseline": [evaluate(cfg, pruned, prompts, 0.0)]}
+    results: dict[str, list[dict]] = {"baseline": [evaluate(cfg, pruned, prompts, 0.0)],
+                                      "baseline_cross_vocab": [evaluate(cfg, cross, prompts, 0.0)]}
     for seed in range(seeds):
         for mode in MODES:
             c = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed), train=dataclasses.replace(
-                cfg.train, kd_weight=0.0 if mode == "sft" else kd_weight, output_dir=str(out_root / f"{mode}-s{seed}")))
+                cfg.train, kd_weight=0.0 if mode.startswith("sft") else kd_weight,
+                output_dir=str(out_root / f"{mode}-s{seed}")))
             click.echo(f"bench quality: seed {seed}, {mode} ...")
             t = time.time()
             if mode == "full_logit_reference":
                 model_dir = train_full_logit(c, teacher, pruned)
             else:
-                model_dir = Path(train.run(c, student=cross if mode == "kd_cross_vocab" else pruned)["model"])
+                model_dir = Path(train.run(c, student=cross if mode.endswith("cross_vocab") else pruned)["model"])
             results.setdefault(mode, []).append(evaluate(c, model_dir, prompts, time.time() - t))
     table = {name: summarize(rows) for name, rows in results.items()}
 
@@ -66,6 +68,7 @@ def bench_quality(cfg: Config, seeds: int) -> dict:
         "kd_weight": kd_weight, "train": dataclasses.asdict(cfg.train), "eval_prompts": len(prompts),
         "kd_over_sft_kl": round(kl("kd_same_vocab") / kl("sft"), 4),
         "cross_over_sft_kl": round(kl("kd_cross_vocab") / kl("sft"), 4),
+        "cross_kd_over_cross_sft_kl": round(kl("kd_cross_vocab") / kl("sft_cross_vocab"), 4),
         "kd_vs_full_logit_gain": None if gain is None else round(gain, 4),
         "models": table, "runs": results,
         "targets": {"kd_over_sft_kl": "<= 0.90", "cross_over_sft_kl": "<= 0.95", "kd_vs_full_logit_gain": ">= 0.90",

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from pipeline import manifest
 from pipeline.config import CleanConfig, Config
 from pipeline.errors import PipelineError
-from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, open_table, sql_quote
+from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, open_table, pid_alive, sql_quote
 from pipeline.schema import CLEAN, CLEAN_REJECTS, GENERATIONS, PROMPTS, VERDICTS
 from pipeline.scoring import extract, is_correct
 
@@ -57,12 +57,20 @@ def run(cfg: Config) -> dict:
         click.secho(f"warning: {cfg.run_dir / 'generate/generations'}: no shards; the clean selection is empty",
                     fg="yellow", err=True)
 
+    seconds = {}
     with connect(cfg.clean, out) as con:
         set_variables(con, cfg, teacher_reasons=bool(gen["config"]["generate"]["think_end"]))
+        t = time.time()
         n = load_samples(con, files, prompts)
         load_eval_texts(con, prompts, cfg.clean.decontam_files)
+        seconds["load"] = time.time() - t
+        t = time.time()
         verify(con)
+        seconds["verify"] = time.time() - t
+        t = time.time()
         funnel = apply_rules(con, cfg.clean)
+        seconds["rules"] = time.time() - t
+        t = time.time()
         counts = {"samples": n, "kept": funnel[-1]["rows_out"] if funnel else n}
         clean_sql, sql = rule_sql(Path(cfg.clean.sql_dir), "clean")
         define_view(con, "clean", clean_sql, sql)
@@ -78,8 +86,10 @@ def run(cfg: Config) -> dict:
             if written[name] != rows:
                 raise PipelineError(f"{out / (name + '.parquet')}: holds {written[name]} rows, the funnel counts {rows}; "
                                     f"{clean_sql} must select every kept sample once")
+        seconds["write"] = time.time() - t
 
-    m = manifest.write(cfg, "clean", started, counts, funnel=funnel)
+    m = manifest.write(cfg, "clean", started, counts, funnel=funnel,
+                       seconds={k: round(v, 3) for k, v in seconds.items()})
     click.echo(f"clean: kept {counts['kept']} of {n} samples -> {out / 'clean.parquet'}")
     return m
 
@@ -143,18 +153,8 @@ def _remove_orphans(scratch: Path) -> None:
     runs still going, or of other hosts sharing temp_dir, are left alone."""
     for d in scratch.glob(f"{socket.gethostname()}-*-*"):
         pid = d.name[len(socket.gethostname()) + 1:].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def set_variables(con, cfg: Config, teacher_reasons: bool) -> None:

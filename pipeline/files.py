@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,9 +19,14 @@ TMP_SUFFIX = ".tmp"  # readers skip these: they are outputs still being written
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+    Temporary files of the same output left by a killed process (its pid is gone) are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
+        pid = stale.name[len(path.name) + 2:-len(TMP_SUFFIX)]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            remove(stale)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
         yield tmp
@@ -28,6 +34,37 @@ def atomic_path(path: str | Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (someone else's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove(path: Path) -> None:
+    """A file or a directory tree, gone (already gone is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put a finished directory in place of `final`: the old one is moved aside first and removed
+    after, so a kill at any moment leaves `final` whole (old or new) or, between the two renames,
+    the old one beside it under a name the next call removes."""
+    old = final.with_name(f".{final.name}.old{TMP_SUFFIX}")
+    remove(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    remove(old)
 
 
 def sql_quote(value: str | Path) -> str:

@@ -154,9 +154,13 @@ class ChunkedDistillLoss(torch.autograd.Function):
             h = hidden[start:end]
             with torch.enable_grad():
                 logits = F.linear(h, weight).detach().float().requires_grad_()
-                ce, kd, t_mass, s_mass = token_losses(logits, labels[start:end], topk_ids[start:end],
-                                                      topk_logprobs[start:end], T, opts.divergence, opts.jsd_beta,
-                                                      opts.tail)
+                if w == 0:  # CE only: no top-k work (bench train's baseline for what KD itself costs)
+                    ce = -torch.log_softmax(logits, dim=-1).gather(-1, labels[start:end, None]).squeeze(-1)
+                    kd = t_mass = s_mass = torch.zeros_like(ce)
+                else:
+                    ce, kd, t_mass, s_mass = token_losses(logits, labels[start:end], topk_ids[start:end],
+                                                          topk_logprobs[start:end], T, opts.divergence, opts.jsd_beta,
+                                                          opts.tail)
                 loss = ((1 - w) * ce + (w * kd if use_topk else 0)).sum()
                 alm = chunk_losses(-ce, groups[start:end], chunk_logprobs[start:end], T).sum() if use_alm \
                     else torch.zeros((), device=h.device)

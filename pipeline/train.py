@@ -41,7 +41,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 from pipeline import crosstok, manifest, topk
 from pipeline.config import Config, KDConfig, section_hash
 from pipeline.errors import PipelineError
-from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, read_table, write_json
+from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, read_table, replace_dir, write_json
 from pipeline.losses import distill_loss
 from pipeline.render import render
 from pipeline.schema import CLEAN, PROMPTS
@@ -54,6 +54,8 @@ class DistillConfig(KDConfig, SFTConfig):
 
 class DistillTrainer(SFTTrainer):
     """SFTTrainer whose loss adds KD on the stored top-k; with kd_weight 0 it is SFTTrainer's own."""
+
+    chunked_when_sft = False  # True: kd_weight 0 still runs the chunked head (bench train's CE baseline)
 
     def __init__(self, model, args: DistillConfig, **kwargs):
         _add_distill_head(model)
@@ -77,7 +79,7 @@ class DistillTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = {key: inputs.pop(key) for key in DISTILL_KEYS if key in inputs}
-        if self.args.kd_weight == 0:
+        if self.args.kd_weight == 0 and not self.chunked_when_sft:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         k = self.args.top_k
         loss_sum, ce, kd, alm, t_mass, s_mass = model(
@@ -222,12 +224,11 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
         return {}
     final = trainer.model.merge_and_unload() if t.lora_r else trainer.model
     final.forward = type(final).forward.__get__(final)  # drop the distill head before saving
-    with_tmp = out / f"model{TMP_SUFFIX}"
+    with_tmp = out / f".model{TMP_SUFFIX}"
     shutil.rmtree(with_tmp, ignore_errors=True)
     final.save_pretrained(with_tmp, state_dict=state)
     tokenizer.save_pretrained(with_tmp)
-    shutil.rmtree(out / "model", ignore_errors=True)
-    with_tmp.rename(out / "model")
+    replace_dir(with_tmp, out / "model")
     history = [h for h in trainer.state.log_history if "loss" in h]
     return manifest.write(cfg, "train", started, {**data_info, "steps": trainer.state.global_step},
                           model=str(out / "model"), student_start=str(student_dir), data=data_info, mode=mode,
@@ -303,8 +304,18 @@ def trainer_args(cfg: Config, checkpoints: Path, **overrides) -> DistillConfig:
 
 
 def _latest_checkpoint(directory: Path) -> Path | None:
-    found = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
+    """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a directory
+    without a readable one was cut short by a kill: it is removed (the step is trained again)."""
+    found = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[1]))
+    for p in reversed(found):
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            return p
+        except (OSError, ValueError):
+            click.echo(f"train: {p} is incomplete (killed while saving); removed", err=True)
+            shutil.rmtree(p, ignore_errors=True)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Tiny models and tokenizers built here, nothing downloaded.
 
 `tiny_tokenizer_dir`: a byte-level BPE trained on arithmetic problems, with ChatML special tokens
-and a single `</think>` token, saved as a Hugging Face tokenizer. `tiny_teacher_dir`: a 2-layer
+and a single `</think>` token, saved as a Hugging Face tokenizer; `student_tokenizer_dir` differs
+from it the way Qwen2.5's tokenizer differs from R1's. `tiny_teacher_dir`: a 2-layer
 Llama on that tokenizer (head dim 64, which vLLM's CPU attention requires), random weights,
 float32 so that numbers compare exactly.
 """
@@ -29,28 +30,6 @@ CHAT_TEMPLATE = (
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from pipeline import arithmetic
-
-    corpus = [r["question"] + " " + r["answer"] for r in arithmetic.problems(200, [1, 2, 3], seed=7)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    fast.chat_template = CHAT_TEMPLATE
-    out = tmp_path_factory.mktemp("tiny_tokenizer")
-    fast.save_pretrained(out)
-    return out
-
-
 def make_tokenizer(out: Path, pre_tokenizer, special: list[str], vocab_size: int, eos: str, normalizer=None,
                    added: tuple[str, ...] = ()) -> Path:
     """A byte-level BPE trained on arithmetic problems and some Chinese, saved as an HF tokenizer
@@ -76,6 +55,19 @@ def make_tokenizer(out: Path, pre_tokenizer, special: list[str], vocab_size: int
     fast.chat_template = CHAT_TEMPLATE.replace("<|im_start|>", special[1]).replace("<|im_end|>", eos)
     fast.save_pretrained(out)
     return out
+
+
+def make_tiny_tokenizer(out: Path) -> Path:
+    """The tiny teacher's tokenizer: a byte-level BPE (GPT-2's pre-tokenizer, so digits group),
+    ChatML special tokens and `</think>`."""
+    from tokenizers import pre_tokenizers
+
+    return make_tokenizer(out, pre_tokenizers.ByteLevel(add_prefix_space=False), SPECIAL, 512, "<|im_end|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    return make_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +113,37 @@ def distill_cli(*args, check=True, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=check, **kw)
+
+
+def traced_config(path: Path, artifacts: Path, teacher: Path) -> Path:
+    """A tiny run on the tiny teacher: 2 train prompts x 2 samples, 3 training steps."""
+    return write_config(path, f"""
+        run: {{name: t, artifacts_dir: {artifacts}}}
+        models: {{teacher: {teacher}, student_layers: [0, 3], dtype: float32}}
+        prepare: {{arithmetic: {{n_train: 2, n_eval: 1}}}}
+        generate: {{n: 2, max_new_tokens: 12, top_k: 4, engine: {{max_model_len: 256, dtype: float32,
+                    enforce_eager: true}}}}
+        clean: {{rules: [length], keep_incorrect: true}}
+        train: {{top_k: 4, max_steps: 3, per_device_train_batch_size: 4, logging_steps: 1, save_steps: 1000,
+                learning_rate: 0.001, warmup_steps: 0, lr_scheduler_type: constant}}
+        eval: {{max_new_tokens: 8, latency_prompts: 1}}
+        """)
+
+
+@pytest.fixture(scope="session")
+def traced(tiny_teacher_dir, tmp_path_factory):
+    """A run with real generate and clean outputs (4 train samples), shared by the tests that
+    train or evaluate: copy it with copy_traced before changing anything."""
+    d = tmp_path_factory.mktemp("traced")
+    cfg = traced_config(d / "c.yaml", d / "artifacts", tiny_teacher_dir)
+    distill_cli("run", cfg, "--until", "clean")
+    return d, tiny_teacher_dir
+
+
+def copy_traced(traced, tmp_path: Path) -> tuple[Path, Path]:
+    """(config, run directory) of a private copy of the traced run under tmp_path/artifacts."""
+    import shutil
+
+    src, teacher = traced
+    shutil.copytree(src / "artifacts" / "t", tmp_path / "artifacts" / "t")
+    return traced_config(tmp_path / "c.yaml", tmp_path / "artifacts", teacher), tmp_path / "artifacts" / "t"

@@ -10,35 +10,11 @@ import torch
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT, distill_cli, write_config
-
-
-def _config(path, artifacts, teacher):
-    return write_config(path, f"""
-        run: {{name: t, artifacts_dir: {artifacts}}}
-        models: {{teacher: {teacher}, student_layers: [0, 3], dtype: float32}}
-        prepare: {{arithmetic: {{n_train: 2, n_eval: 1}}}}
-        generate: {{n: 2, max_new_tokens: 12, top_k: 4, engine: {{max_model_len: 256, dtype: float32,
-                    enforce_eager: true}}}}
-        clean: {{rules: [length], keep_incorrect: true}}
-        train: {{top_k: 4, max_steps: 3, per_device_train_batch_size: 4, logging_steps: 1, save_steps: 1000,
-                learning_rate: 0.001, warmup_steps: 0, lr_scheduler_type: constant}}
-        """)
-
-
-@pytest.fixture(scope="module")
-def traced(tiny_teacher_dir, tmp_path_factory):
-    """A run with real generate and clean outputs: 4 train samples."""
-    d = tmp_path_factory.mktemp("traced")
-    cfg = _config(d / "c.yaml", d / "artifacts", tiny_teacher_dir)
-    distill_cli("run", cfg, "--until", "clean")
-    return d, tiny_teacher_dir
+from tests.conftest import ROOT, copy_traced, distill_cli
 
 
 def _copy(traced, tmp_path):
-    src, teacher = traced
-    shutil.copytree(src / "artifacts" / "t", tmp_path / "artifacts" / "t")
-    return _config(tmp_path / "c.yaml", tmp_path / "artifacts", teacher), tmp_path / "artifacts" / "t"
+    return copy_traced(traced, tmp_path)
 
 
 def _losses(out_dir):
