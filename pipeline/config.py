@@ -87,6 +87,17 @@ class ArithmeticConfig:
 
 
 @dataclass
+class VehicleConfig:
+    n_train: int = 400  # generated in-car requests for training
+    n_eval: int = 100  # generated held-out requests (other templates and values than train's)
+    seed: int = 0  # the same seed gives the same requests
+
+    def __post_init__(self):
+        _check(self.n_train >= 0, "n_train", ">= 0")
+        _check(self.n_eval >= 0, "n_eval", ">= 0")
+
+
+@dataclass
 class InputConfig:
     path: str = ""  # JSONL, Parquet or CSV file, a saved HF dataset directory, or a hub id (online)
     format: str = "auto"  # auto (by suffix), jsonl, parquet, csv or hf
@@ -103,6 +114,7 @@ class InputConfig:
     source: str = ""  # column naming each row's source; default: the input's file name
     difficulty: str = ""  # column with an integer difficulty level
     completion: str = ""  # column with an existing completion (e.g. a public R1 trace) for generate --score
+    language: str = ""  # column with the row's language code (en, zh, ...): eval reports accuracy per language
     task: str = "math"  # how answers are scored: math, exact, choice or tool
 
     def __post_init__(self):
@@ -118,12 +130,14 @@ TASKS = ("math", "exact", "choice", "tool")
 @dataclass
 class PrepareConfig:
     arithmetic: ArithmeticConfig | None = None  # built-in word problems (offline quickstart data)
+    vehicle: VehicleConfig | None = None  # built-in in-car function-calling requests (English and Chinese)
     inputs: list[InputConfig] = field(default_factory=list)  # the user's prompt files
     unicode_form: str = "NFC"  # NFC keeps math symbols intact; NFKC also folds look-alikes
     on_error: str = "fail"  # fail on the first bad row, or skip it into the rejects table
 
     def __post_init__(self):
-        _check(self.arithmetic is not None or bool(self.inputs), "inputs", "give inputs or arithmetic")
+        _check(self.arithmetic is not None or self.vehicle is not None or bool(self.inputs), "inputs",
+               "give inputs, arithmetic or vehicle")
         _check(self.unicode_form in ("NFC", "NFKC", "NFD", "NFKD"), "unicode_form", "NFC|NFKC|NFD|NFKD")
         _check(self.on_error in ("fail", "skip"), "on_error", "fail or skip")
 
@@ -193,6 +207,9 @@ class GenerateConfig:
     think_end: str | None = None  # text closing the reasoning; "" for a teacher that does not reason
     think_start: str | None = None  # text the teacher's template puts after the assistant marker (R1: "<think>\n"); students get it too
     system_prompt: bool | None = None  # False drops system messages (R1 is trained without one)
+    # Worked examples and instructions for the teacher only (the student learns from the plain
+    # prompt): "" none, "vehicle" the built-in task's, or a JSON file of chat messages.
+    teacher_context: str = ""
     top_k: int = 20  # teacher logprobs kept per generated token
     # The eval split's traces measure fidelity: sampled from the teacher's raw distribution, their
     # stored logprobs give its exact log-likelihood, so KL(teacher || student) per byte is unbiased.

@@ -5,13 +5,15 @@
 
 Tasks: math (the last \\boxed{...}, else the last number; equivalence by math-verify), exact
 (the last non-empty line, compared after case and whitespace folding), choice (a single option
-letter) and tool (a JSON function call {"name", "arguments"} compared as parsed JSON).
+letter) and tool (function calls, scored as BFCL scores them: pipeline.toolcalls).
 """
 from __future__ import annotations
 
 import json
 import re
 from functools import lru_cache
+
+from pipeline import toolcalls
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 CHOICE = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?\b|^\(?([A-J])\)?[.):]?\s*$",
@@ -32,9 +34,10 @@ def extract(text: str, task: str) -> str | None:
             return boxed.strip().strip("()").upper()
         hits = CHOICE.findall(text)
         return (hits[-1][0] or hits[-1][1]).upper() if hits else None
-    if task == "tool":
-        call = _last_json_object(text)
-        return json.dumps(call, sort_keys=True) if call is not None else None
+    if task == "tool":  # every call, in order, as a JSON list ([] = no call, itself an answer)
+        calls = toolcalls.parse_calls(text)
+        return json.dumps([{"name": c.name, "arguments": c.arguments} for c in calls], sort_keys=True,
+                          ensure_ascii=False)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else None
 
@@ -48,10 +51,9 @@ def is_correct(extracted: str | None, reference: str, task: str) -> bool:
         return extracted.upper() == reference.strip().strip("()").upper()
     if task == "tool":
         try:
-            ref = json.loads(reference)
-        except json.JSONDecodeError:
+            return toolcalls.score(extracted, reference).correct
+        except ValueError:  # a reference in no known format
             return False
-        return _tool_call(json.loads(extracted)) == _tool_call(ref)
     return _fold(extracted) == _fold(reference)
 
 
@@ -83,29 +85,3 @@ def _math_equal(pred: str, ref: str) -> bool:
 
 def _fold(text: str) -> str:
     return " ".join(text.lower().split()).rstrip(".")
-
-
-def _last_json_object(text: str) -> dict | None:
-    decoder = json.JSONDecoder()
-    found = None
-    for m in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and "name" in obj:
-            found = obj
-    return found
-
-
-def _tool_call(obj) -> tuple[str, str] | None:
-    """(name, arguments as canonical JSON); arguments may be given as a JSON string (OpenAI style)."""
-    if not isinstance(obj, dict) or "name" not in obj:
-        return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            pass
-    return str(obj["name"]), json.dumps(args, sort_keys=True)
