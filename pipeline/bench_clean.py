@@ -200,6 +200,7 @@ def pandas_clean(cfg: Config, gens: Path, prompts: Path, verdicts: pd.DataFrame)
     mixed = (df["script"] != "none").to_numpy() & (letters > 0) & (1 - own / np.maximum(letters, 1) > c.max_script_mix)
     drop("language_mix", mixed)
     drop("length", (df["completion_tokens"] < c.min_tokens) | (df["completion_tokens"] > c.max_tokens))
+    drop("invalid_call", df["invalid_call"].notna())
     drop("incorrect", (df["correct"] == False) & (not c.keep_incorrect))  # noqa: E712 (NaN = unchecked)
     words = p["prompt_text"].str.lower().str.replace(r"[^\w]+|_", " ", regex=True).str.strip().str.split()
     n_gram = c.decontam_ngram
@@ -260,7 +261,7 @@ def bench_clean(cfg: Config, rows: int, sample: int) -> dict:
     with clean.connect(cfg.clean, scratch) as con:
         clean.load_samples(con, [small], prompts)
         clean.verify(con)
-        verdicts = con.execute("SELECT sample_id, correct FROM verdicts").df()
+        verdicts = con.execute("SELECT sample_id, correct, invalid_call FROM verdicts").df()
     t = time.perf_counter()
     pandas_dropped = pandas_clean(cfg, small, prompts, verdicts)
     pandas_s = time.perf_counter() - t

@@ -18,6 +18,7 @@ the manifest.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from pipeline.config import CleanConfig, Config
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, open_table, pid_alive, sql_quote
 from pipeline.schema import CLEAN, CLEAN_REJECTS, GENERATIONS, PROMPTS, VERDICTS
+from pipeline import toolcalls
 from pipeline.scoring import extract, is_correct
 
 # Generation columns the rules may read: text and metadata, never token ids.
@@ -175,7 +177,7 @@ def load_samples(con, files: list[Path], prompts: Path) -> int:
     con.execute(f"""
         CREATE TABLE samples AS
         SELECT {cols}, g.filename AS source_file, length(g.reasoning) + length(g.answer) AS completion_chars,
-               p.task, p.source, p.difficulty, p.reference,
+               p.task, p.source, p.difficulty, p.reference, p.tools,
                array_to_string(list_transform(list_filter(p.messages, lambda m: m.role = 'user'), lambda m: m.content),
                                chr(10)) AS prompt_text,
                true AS kept
@@ -225,18 +227,21 @@ def load_eval_texts(con, prompts: Path, extra: list[str]) -> None:
 
 
 def verify(con, batch_rows: int = 20000) -> int:
-    """Table `verdicts(sample_id, extracted, correct)` for every sample whose prompt has a reference."""
-    query = con.cursor().sql("SELECT sample_id, task, reference, answer FROM samples WHERE reference IS NOT NULL")
-    ids, extracted, correct = [], [], []
+    """Table `verdicts(sample_id, extracted, correct, invalid_call)` for every sample whose prompt
+    has a reference; invalid_call says why a tool task's first call breaks the prompt's schemas."""
+    query = con.cursor().sql("SELECT sample_id, task, reference, answer, tools FROM samples WHERE reference IS NOT NULL")
+    ids, extracted, correct, invalid = [], [], [], []
     for batch in query.to_arrow_reader(batch_rows):
-        for sid, task, ref, answer in zip(*(batch.column(i).to_pylist() for i in range(4))):
+        for sid, task, ref, answer, tools in zip(*(batch.column(i).to_pylist() for i in range(5))):
             got = extract(answer, task)
             ids.append(sid)
             extracted.append(got)
             correct.append(is_correct(got, ref, task))
+            calls = toolcalls.parse_calls(answer) if task == "tool" and tools else []
+            invalid.append(toolcalls.validate_call(calls[0], json.loads(tools)) if calls else None)
     verdicts = VERDICTS.from_pylist([]) if not ids else pa.table(
-        {"sample_id": ids, "extracted": pa.array(extracted, pa.string()), "correct": correct},
-        schema=VERDICTS.arrow_schema)
+        {"sample_id": ids, "extracted": pa.array(extracted, pa.string()), "correct": correct,
+         "invalid_call": pa.array(invalid, pa.string())}, schema=VERDICTS.arrow_schema)
     con.register("verdicts_arrow", verdicts)
     con.execute("CREATE TABLE verdicts AS SELECT * FROM verdicts_arrow")
     con.unregister("verdicts_arrow")

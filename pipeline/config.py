@@ -243,7 +243,7 @@ class GenerateConfig:
 
 
 RULES = ("truncated", "unclosed_reasoning", "empty_answer", "garbled", "repetition", "language_mix", "length",
-         "incorrect", "contaminated", "exact_duplicate", "near_duplicate", "per_prompt_cap")
+         "invalid_call", "incorrect", "contaminated", "exact_duplicate", "near_duplicate", "per_prompt_cap")
 
 
 MEMORY = r"([\d.]+)\s*([KMGT]i?B)"

@@ -12,6 +12,7 @@ teacher per byte of text (see teacher_fidelity), from one forward pass each.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from collections import Counter
@@ -23,12 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import crosstok, manifest, topk
+from pipeline import crosstok, manifest, toolcalls, topk
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, read_table, write_json
 from pipeline.losses import token_losses
-from pipeline.render import render
+from pipeline.render import context_of, render, with_context
 from pipeline.schema import EVAL_RESULTS, PROMPTS
 from pipeline.scoring import extract, is_correct
 
@@ -46,20 +47,38 @@ def run(cfg: Config) -> dict:
         raise PipelineError(f"{cfg.run_dir / 'prepare/prompts.parquet'}: {len(unscorable)} eval prompts have no "
                             f"reference to score against (e.g. {unscorable[0]}); give prepare a reference column")
     rows, summary = [], {}
-    for name, model_dir in contenders.items():
+    context = context_of(cfg)
+    for name, model_dir, seen in _runs(contenders, prompts, context):
         click.echo(f"eval: {name} ({model_dir}) on {len(prompts)} prompts x {cfg.eval.n} ...")
-        generated, timing = _generate_in_subprocess(cfg, model_dir, prompts)
+        generated, timing = _generate_in_subprocess(cfg, model_dir, seen)
         model_rows = score(name, prompts, generated)
         rows += model_rows
-        summary[name] = {"path": str(model_dir), **metrics(model_rows, timing, cfg.eval.n)}
-        fidelity = teacher_fidelity(cfg, model_dir) if name != "teacher" else None
+        summary[name] = {"path": str(model_dir), "size_mb": round(model_size(model_dir) / 2**20, 1),
+                         **metrics(model_rows, timing, cfg.eval.n), **tool_metrics(model_rows)}
+        fidelity = teacher_fidelity(cfg, model_dir) if not name.startswith("teacher") else None
         if fidelity:
             summary[name].update(fidelity)
-        click.echo("  " + ", ".join(f"{k} {v}" for k, v in summary[name].items() if k != "path"))
+        click.echo("  " + ", ".join(f"{k} {v}" for k, v in summary[name].items()
+                                    if k not in ("path", "per_class", "confusion", "per_language")))
     with atomic_path(out / "results.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=EVAL_RESULTS.arrow_schema), tmp, compression="zstd")
     write_json(out / "summary.json", summary)
     return manifest.write(cfg, "eval", started, {"prompts": len(prompts), "rows": len(rows)}, summary=summary)
+
+
+def _runs(contenders: dict[str, Path], prompts: list[dict], context: list[dict]):
+    """(name, model directory, prompts as that model sees them): every model on the plain prompts,
+    and with a teacher-only context the teacher a second time with it (`teacher_context`), so the
+    report shows what the context buys and how much of it the student absorbed."""
+    for name, model_dir in contenders.items():
+        yield name, model_dir, prompts
+        if name == "teacher" and context:
+            yield "teacher_context", model_dir, [with_context(p, context) for p in prompts]
+
+
+def model_size(model_dir: Path) -> int:
+    """Bytes of weights on disk."""
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
 
 
 def models_to_evaluate(cfg: Config) -> dict[str, Path]:
@@ -131,12 +150,48 @@ def score(name: str, prompts: list[dict], generated: list[list[tuple]]) -> list[
     for p, samples in zip(prompts, generated):
         for i, (text, tokens, finish) in enumerate(samples):
             got = extract(text, p["task"])
-            rows.append({"model": name, "prompt_id": p["prompt_id"], "sample_idx": i, "task": p["task"],
-                         "source": p["source"], "difficulty": p["difficulty"], "completion": text,
-                         "extracted": got, "reference": p["reference"],
-                         "correct": is_correct(got, p["reference"], p["task"]), "output_tokens": tokens,
-                         "finish_reason": finish})
+            row = {"model": name, "prompt_id": p["prompt_id"], "sample_idx": i, "task": p["task"],
+                   "source": p["source"], "difficulty": p["difficulty"], "completion": text, "extracted": got,
+                   "reference": p["reference"], "correct": is_correct(got, p["reference"], p["task"]),
+                   "output_tokens": tokens, "finish_reason": finish, "language": p.get("language")}
+            if p["task"] == "tool":
+                v = toolcalls.score(text, p["reference"], json.loads(p["tools"]) if p["tools"] else None)
+                row.update(correct=v.correct, expected_class=v.expected_names[0], predicted_class=v.predicted_names[0],
+                           arg_tp=v.arg_tp, arg_fp=v.arg_fp, arg_fn=v.arg_fn)
+            rows.append(row)
     return rows
+
+
+def tool_metrics(rows: list[dict]) -> dict:
+    """The function-calling measures, where the task is tool calls: exact-call and function-name
+    accuracy, argument precision/recall/F1, per-class precision/recall/F1 (no_call a class), the
+    confusion matrix (expected -> predicted -> count) and accuracy per language."""
+    rows = [r for r in rows if r["task"] == "tool"]
+    if not rows:
+        return {}
+    tp, fp, fn = (sum(r[k] for r in rows) for k in ("arg_tp", "arg_fp", "arg_fn"))
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    classes = sorted({r["expected_class"] for r in rows} | {r["predicted_class"] for r in rows})
+    confusion = {e: {p: 0 for p in classes} for e in classes}
+    for r in rows:
+        confusion[r["expected_class"]][r["predicted_class"]] += 1
+    per_class = {}
+    for c in classes:
+        hit = confusion[c][c]
+        called, expected = sum(confusion[e][c] for e in classes), sum(confusion[c].values())
+        p, r = hit / max(called, 1), hit / max(expected, 1)
+        per_class[c] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / max(p + r, 1e-9), 4),
+                        "support": expected}
+    languages = sorted({r["language"] for r in rows if r["language"]})
+    return {
+        "exact_call_accuracy": round(float(np.mean([r["correct"] for r in rows])), 4),
+        "name_accuracy": round(float(np.mean([r["expected_class"] == r["predicted_class"] for r in rows])), 4),
+        "arg_precision": round(precision, 4), "arg_recall": round(recall, 4),
+        "arg_f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4),
+        "per_class": per_class, "confusion": confusion,
+        "per_language": {lang: round(float(np.mean([r["correct"] for r in rows if r["language"] == lang])), 4)
+                         for lang in languages},
+    }
 
 
 def metrics(rows: list[dict], timing: dict, n: int) -> dict:
@@ -200,6 +255,7 @@ def teacher_fidelity(cfg: Config, model_dir: Path) -> dict | None:
             except crosstok.AlignmentError:
                 unaligned += 1
                 continue
+        if not same or cfg.generate.teacher_context:  # the model answers the plain prompt, in its own template
             prompt = render(tokenizer, prompts[prompt_id], cfg.generate.system_prompt, cfg.generate.think_start)[1]
         text_bytes = sum(len(t_bytes[t]) for t in tokens.tolist() if t < len(t_bytes) and t_bytes[t])
         with torch.no_grad():

@@ -30,10 +30,10 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from pipeline import manifest, topk
-from pipeline.config import Config
+from pipeline.config import Config, section_hash
 from pipeline.errors import PipelineError
-from pipeline.render import render
 from pipeline.files import TMP_SUFFIX, atomic_path, read_table, write_json, write_table
+from pipeline.render import context_of, render, with_context
 from pipeline.schema import GENERATE_SKIPPED, GENERATIONS, PROMPTS, TEACHER_TOPK
 
 PART = re.compile(r"part-(\d+)of(\d+)-(\d+)\.parquet$")
@@ -72,7 +72,7 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
         if score and gen.backend != "vllm":
             raise PipelineError(f"{cfg.file}: --score needs generate.backend: vllm (prompt logprobs)")
         engine = OpenAITeacher(cfg) if gen.backend == "openai" else VLLMTeacher(teacher["path"], cfg, score=score)
-        rendered = _render(tokenizer, pending, gen, skipped, score)
+        rendered = _render(tokenizer, pending, gen, skipped, score, context_of(cfg))
         t0 = time.time()
         with _progress(total, len(done)) as bar:
             for prompt, text, ids, completions in (engine.score(rendered) if score else engine.generate(rendered)):
@@ -108,6 +108,7 @@ def output_settings(cfg: Config, teacher: dict) -> dict:
         "teacher_weights_sha": teacher["weights_sha"], "tokenizer_sha": teacher["tokenizer_sha"],
         "vocab_sha": teacher["vocab_sha"], "n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
         "eval_temperature": gen.eval_temperature, "eval_top_p": gen.eval_top_p, "think_start": gen.think_start,
+        "teacher_context": section_hash(context_of(cfg)),
         "max_new_tokens": gen.max_new_tokens, "max_model_len": gen.engine.max_model_len, "top_k": gen.top_k,
         "think_end": gen.think_end, "system_prompt": gen.system_prompt, "seed": cfg.run.seed,
         "per_request_seed": gen.per_request_seed, "logprobs_mode": "raw_logprobs",
@@ -137,11 +138,11 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict], score: bool):
+def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict], score: bool, context: list[dict]):
     """Yield (prompt, text, ids) for the engine, or with `score` (prompt, text, ids, completion ids
     ending in EOS); a prompt (plus completion) too long for the context goes to `skipped`."""
     for p in prompts:
-        text, ids = render(tokenizer, p, gen.system_prompt, gen.think_start)
+        text, ids = render(tokenizer, with_context(p, context), gen.system_prompt, gen.think_start)
         completion = tokenizer.encode(p["completion"], add_special_tokens=False) + [tokenizer.eos_token_id] \
             if score else []
         need = len(ids) + (len(completion) if score else 1)

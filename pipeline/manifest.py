@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.config import Config, section_hash
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
+from pipeline.schema import TABLES
 
 # What each stage reads: its config sections and the stages whose outputs it consumes.
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -60,7 +61,11 @@ def cache_key(cfg: Config, stage: str) -> str:
     sections, inputs = DEPENDS[stage]
     config = {s: cfg.section(s) for s in sections}
     upstream = {s: (read(cfg, s) or {}).get("key") for s in inputs}
-    return section_hash(stage, config, upstream, cfg.run.seed, _code_files(cfg, stage))
+    return section_hash(stage, config, upstream, cfg.run.seed, _code_files(cfg, stage), SCHEMAS)
+
+
+# Outputs written under another version of the tables are not up to date, whatever the config says.
+SCHEMAS = section_hash(*(str(t.arrow_schema) for t in TABLES.values()))
 
 
 def _code_files(cfg: Config, stage: str) -> dict:

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import click
 
-from pipeline import arithmetic, manifest
+from pipeline import arithmetic, manifest, vehicle
 from pipeline.config import Config, InputConfig
 from pipeline.errors import PipelineError
 from pipeline.files import open_parquet, write_table
@@ -48,6 +48,12 @@ def run(cfg: Config) -> dict:
         for split, rows in arithmetic.splits(a.n_train, a.n_eval, a.levels, a.seed).items():
             spec = InputConfig(path="arithmetic", split=split, prompt="question", reference="answer", id="id",
                                difficulty="difficulty", task="math")
+            sources.append((spec, ((i + 1, r) for i, r in enumerate(rows))))
+    if cfg.prepare.vehicle is not None:
+        v = cfg.prepare.vehicle
+        for split, rows in vehicle.splits(v.n_train, v.n_eval, v.seed).items():
+            spec = InputConfig(path="vehicle", split=split, prompt="question", reference="reference", id="id",
+                               tools="tools", difficulty="difficulty", language="language", task="tool")
             sources.append((spec, ((i + 1, r) for i, r in enumerate(rows))))
     for spec in cfg.prepare.inputs:
         sources.append((spec, _read(spec)))
@@ -130,7 +136,7 @@ def _read(spec: InputConfig) -> Iterator[tuple[int, dict | RowError]]:
 
 def _mapped(spec: InputConfig) -> list[str]:
     return [c for c in (spec.messages or spec.prompt, spec.system, spec.tools, spec.reference, spec.id, spec.source,
-                        spec.difficulty, spec.split_column, spec.completion) if c]
+                        spec.difficulty, spec.split_column, spec.completion, spec.language) if c]
 
 
 def _require_columns(spec: InputConfig, columns, needed: list[str]) -> None:
@@ -253,6 +259,7 @@ def _to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
         "difficulty": difficulty,
         "split": split,
         "completion": (_string(row, spec.completion) or None) if spec.completion else None,
+        "language": (_string(row, spec.language) or None) if spec.language else None,
     }
 
 
@@ -316,7 +323,7 @@ def _tool_problem(tool) -> str | None:
     if not isinstance(tool.get("name"), str) or not tool["name"]:
         return "needs a string 'name'"
     params = tool.get("parameters", {"type": "object"})
-    if not isinstance(params, dict) or params.get("type", "object") != "object":
+    if not isinstance(params, dict) or params.get("type", "object") not in ("object", "dict"):  # BFCL says dict
         return "'parameters' must be a JSON Schema object ({\"type\": \"object\", \"properties\": ...})"
     if not isinstance(params.get("properties", {}), dict):
         return "'parameters.properties' must be a mapping"

@@ -26,7 +26,7 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em aut
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.missing{background:#fff3cd;padding:.6em;border:1px solid #e0c36c}
 pre{white-space:pre-wrap;background:#f7f7f7;padding:.5em;max-height:14em;overflow:auto;font-size:12px}
-details{margin:.3em 0}img{max-width:100%}"""
+details{margin:.3em 0}img{max-width:100%}.headline{font-size:1.15em;background:#eef6ee;padding:.6em;border:1px solid #9c9}"""
 
 
 def for_run(run_dir: Path) -> Config:
@@ -38,15 +38,16 @@ def for_run(run_dir: Path) -> Config:
     return cfg
 
 
-COLORS = {"teacher": "#4c78a8", "baseline": "#f58518", "student": "#54a24b", "sft": "#e45756",
+COLORS = {"teacher": "#4c78a8", "teacher_context": "#9ecae9", "baseline": "#f58518", "student": "#54a24b",
+          "sft": "#e45756",
           "kd_same_vocab": "#54a24b", "kd_cross_vocab": "#72b7b2", "full_logit_reference": "#4c78a8"}
 
 
 def run(cfg: Config) -> dict:
     started = time.time()
     m = {s: manifest.read(cfg, s) for s in ("models", "prepare", "generate", "clean", "train", "eval")}
-    sections = [_provenance(cfg, m), _generation(cfg, m), _cleaning(cfg, m), _traces(cfg, m), _training(cfg, m),
-                _comparison(cfg, m), _quality(cfg)]
+    sections = [_headline(m), _provenance(cfg, m), _generation(cfg, m), _cleaning(cfg, m), _traces(cfg, m),
+                _training(cfg, m), _comparison(cfg, m), _function_calling(m), _quality(cfg)]
     body = "\n".join(sections)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>distill report: {html.escape(cfg.run.name)}"
             f"</title><style>{STYLE}</style></head><body><h1>Distillation run <code>{html.escape(cfg.run.name)}</code>"
@@ -195,6 +196,60 @@ def _comparison(cfg: Config, m: dict) -> str:
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return "<h2>Teacher, baseline, student (held-out prompts)</h2>" + _table(rows, ["model"] + keys) + _png(fig)
+
+
+def _headline(m: dict) -> str:
+    """One sentence on how close the student came to the teacher, from eval's summary."""
+    summary = (m["eval"] or {}).get("summary", {})
+    student, teacher = summary.get("student"), summary.get("teacher_context") or summary.get("teacher")
+    key = "exact_call_accuracy" if student and "exact_call_accuracy" in student else "accuracy"
+    if not student or not teacher or not teacher.get(key):
+        return ""
+    share = student[key] / teacher[key]
+    speed = teacher["latency_p50_s"] / max(student["latency_p50_s"], 1e-9)
+    size = teacher.get("size_mb", 0) / max(student.get("size_mb", 0), 1e-9)
+    which = "with its worked examples" if "teacher_context" in summary else ""
+    measure = "exact-call accuracy" if key == "exact_call_accuracy" else "accuracy"
+    return (f"<p class='headline'><b>The student recovers {share:.0%} of the teacher's {measure}</b> "
+            f"({student[key]:.2f} vs {teacher[key]:.2f} for the teacher {which} on held-out requests; baseline "
+            f"{summary.get('baseline', {}).get(key, float('nan')):.2f}) at {speed:.1f} times its speed "
+            f"(median latency) and {size:.1f} times smaller.</p>")
+
+
+def _function_calling(m: dict) -> str:
+    """Per-class precision/recall/F1 (no_call a class) and the student's confusion matrix."""
+    summary = (m["eval"] or {}).get("summary", {})
+    models = [n for n, s in summary.items() if "per_class" in s]
+    if not models:
+        return ""
+    rows = []
+    for name in models:
+        s = summary[name]
+        for cls, v in s["per_class"].items():
+            rows.append({"model": name, "class": cls, **v})
+    overall = [{"model": n, **{k: summary[n].get(k) for k in ("exact_call_accuracy", "name_accuracy", "arg_f1",
+                                                              "latency_p50_s", "latency_p95_s", "size_mb")},
+                "per_language": json.dumps(summary[n].get("per_language", {}))} for n in models]
+    focus = "student" if "student" in models else models[-1]
+    confusion = summary[focus]["confusion"]
+    classes = list(confusion)
+    fig, ax = _figure(0.45 * len(classes) + 2, 0.45 * len(classes) + 1.5)
+    grid = [[confusion[e][p] for p in classes] for e in classes]
+    ax.imshow(grid, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v:
+                ax.text(j, i, v, ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("expected")
+    ax.set_title(f"{focus}: confusion matrix", fontsize=9)
+    return ("<h2>Function calling (held-out requests)</h2>"
+            + _table(overall, ["model", "exact_call_accuracy", "name_accuracy", "arg_f1", "latency_p50_s",
+                               "latency_p95_s", "size_mb", "per_language"])
+            + "<h3>Per class</h3>" + _table(rows, ["model", "class", "precision", "recall", "f1", "support"])
+            + _png(fig))
 
 
 def _quality(cfg: Config) -> str:

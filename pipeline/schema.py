@@ -65,6 +65,7 @@ PROMPTS = Table(
         Column("difficulty", pa.int32(), "difficulty level, if known", True),
         Column("split", pa.string(), "train or eval"),
         Column("completion", pa.string(), "an existing completion to score with `generate --score`, if given", True),
+        Column("language", pa.string(), "the row's language code (en, zh, ...), if known", True),
     ),
 )
 
@@ -137,8 +138,9 @@ VERDICTS = Table(
     "Every sample whose prompt has a reference, its answer checked (clean/verdicts.parquet).",
     (
         Column("sample_id", pa.string(), "the sample"),
-        Column("extracted", pa.string(), "the answer extracted from the completion (\\boxed{}, last number, letter, JSON call)", True),
-        Column("correct", pa.bool_(), "equal to the reference (math-verify equivalence for math, exact match otherwise)"),
+        Column("extracted", pa.string(), "the answer extracted from the completion (\\boxed{}, last number, letter, JSON calls)", True),
+        Column("correct", pa.bool_(), "equal to the reference (math-verify equivalence for math, BFCL rules for tool calls, exact match otherwise)"),
+        Column("invalid_call", pa.string(), "tool task: why the first call violates the prompt's tool schemas, if it does", True),
     ),
 )
 
@@ -189,6 +191,12 @@ EVAL_RESULTS = Table(
         Column("correct", pa.bool_(), "extracted answer equals the reference"),
         Column("output_tokens", pa.int32(), "generated tokens"),
         Column("finish_reason", pa.string(), "stop or length"),
+        Column("language", pa.string(), "the prompt's language code, if known", True),
+        Column("expected_class", pa.string(), "tool task: the expected function (the first, if several) or no_call", True),
+        Column("predicted_class", pa.string(), "tool task: the first function called, or no_call", True),
+        Column("arg_tp", pa.int32(), "tool task: arguments given and right", True),
+        Column("arg_fp", pa.int32(), "tool task: arguments given but wrong or not allowed", True),
+        Column("arg_fn", pa.int32(), "tool task: required arguments missing", True),
     ),
 )
 

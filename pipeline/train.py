@@ -338,7 +338,8 @@ def training_data(cfg: Config, tokenizer, mode: str):
     models = manifest.require(cfg, "models")["models"]
     g = cfg.generate
     key = section_hash(clean_key, cfg.train.max_length, mode, cfg.train.top_k if mode != "text" else 0,
-                       models["teacher"]["tokenizer_sha"], crosstok.tokenizer_sha(tokenizer), g.system_prompt, g.think_start)
+                       models["teacher"]["tokenizer_sha"], crosstok.tokenizer_sha(tokenizer), g.system_prompt, g.think_start,
+                       bool(g.teacher_context))
     cache = cfg.run_dir / "train_data" / key
     if not (cache / "info.json").is_file():
         info = {"samples": 0, "completion_tokens": 0, "truncated": 0}
@@ -395,8 +396,13 @@ def _count(info: dict, completion: int, keep: int) -> None:
 
 
 def _teacher_rows(cfg: Config, tokenizer, info: dict):
-    """Exact teacher ids: prompt ids + completion ids, with the decoded top-k per completion token."""
-    for sid, _, prompt, tokens, _, ids, lps in _train_traces(cfg):
+    """Exact teacher ids: prompt ids + completion ids, with the decoded top-k per completion token.
+    With a teacher-only context the prompt is rendered again without it: the student learns to
+    answer the plain prompt as the teacher did with its worked examples."""
+    prompts = _prompts(cfg) if cfg.generate.teacher_context else None
+    for sid, prompt_id, prompt, tokens, _, ids, lps in _train_traces(cfg):
+        if prompts is not None:
+            prompt = render(tokenizer, prompts[prompt_id], cfg.generate.system_prompt, cfg.generate.think_start)[1]
         keep = max(0, min(len(tokens), cfg.train.max_length - len(prompt)))
         _count(info, len(tokens), keep)
         if keep:

@@ -109,7 +109,7 @@ def _samples():
     return rows
 
 
-def _run(tmp_path, extra="", samples=None, sql_dir=ROOT / "sql"):
+def _run(tmp_path, extra="", samples=None, sql_dir=ROOT / "sql", prompts=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg_path = write_config(tmp_path / "c.yaml", f"""
         run: {{name: r, artifacts_dir: {tmp_path / 'artifacts'}}}
@@ -123,7 +123,7 @@ def _run(tmp_path, extra="", samples=None, sql_dir=ROOT / "sql"):
     cfg = config_mod.load(cfg_path)
     run_dir = cfg.run_dir
     (run_dir / "prepare").mkdir(parents=True)
-    pq.write_table(PROMPTS.from_pylist(PROMPTS_ROWS), run_dir / "prepare/prompts.parquet")
+    pq.write_table(PROMPTS.from_pylist(PROMPTS_ROWS if prompts is None else prompts), run_dir / "prepare/prompts.parquet")
     gen_dir = run_dir / "generate/generations"
     gen_dir.mkdir(parents=True)
     rows = _samples() if samples is None else samples

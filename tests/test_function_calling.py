@@ -1,0 +1,83 @@
+"""The function-calling case: one renderer for every model (tools as signatures where a template
+ignores them, the preset's system rule, a teacher-only context), the built-in vehicle task through
+prepare, the invalid_call rule, and eval's per-class measures."""
+import json
+
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+from transformers import AutoTokenizer
+
+from pipeline import eval as eval_stage
+from pipeline import vehicle
+from pipeline.cli import main
+from pipeline.render import render, with_context
+from tests.conftest import write_config
+from tests.test_clean import _prompt, _run, _sample
+
+PROMPT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "I'm cold"}],
+          "tools": vehicle.TOOLS_JSON}
+
+
+def test_one_renderer_tools_system_rule_and_context(tiny_tokenizer_dir, student_tokenizer_dir):
+    teacher, student = (AutoTokenizer.from_pretrained(d) for d in (tiny_tokenizer_dir, student_tokenizer_dir))
+    text, ids = render(teacher, PROMPT, system_prompt=True)
+    assert "set_temperature(zone: driver|passenger|rear|all" in text and "Be brief." in text  # the template ignores tools
+    assert ids == teacher.encode(text, add_special_tokens=False)
+    no_system, _ = render(teacher, PROMPT, system_prompt=False)  # R1's rule: no system prompt of the user's
+    assert "Be brief." not in no_system and "set_fan_speed(level" in no_system
+    context = [{"role": "system", "content": "Reply with JSON."}, {"role": "user", "content": "fan to 3"},
+               {"role": "assistant", "content": '{"name": "set_fan_speed", "arguments": {"level": 3}}'}]
+    seen, _ = render(teacher, with_context(PROMPT, context), system_prompt=True)
+    assert seen.index("Reply with JSON.") < seen.index("Be brief.") < seen.index("fan to 3") < seen.index("I'm cold")
+    # a student with another tokenizer gets the same messages in its own template, and no context
+    s_text, _ = render(student, PROMPT, system_prompt=True)
+    assert s_text.startswith("<|start|>system") and "Be brief." in s_text and "set_window(" in s_text
+    assert "fan to 3" not in s_text
+
+
+def test_vehicle_task_through_prepare(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", f"""
+        run: {{name: v, artifacts_dir: {tmp_path / 'artifacts'}}}
+        prepare: {{vehicle: {{n_train: 40, n_eval: 14, seed: 3}}}}
+        """)
+    r = CliRunner().invoke(main, ["prepare", str(cfg)])
+    assert r.exit_code == 0, r.output
+    rows = pq.read_table(tmp_path / "artifacts/v/prepare/prompts.parquet").to_pylist()
+    assert len(rows) == 54 and {r["task"] for r in rows} == {"tool"} and {r["language"] for r in rows} == {"en", "zh"}
+    assert all(json.loads(r["tools"]) == vehicle.TOOLS for r in rows)
+    assert any(r["reference"] == "[]" for r in rows if r["split"] == "eval")
+
+
+def test_invalid_call_rule_drops_calls_that_break_the_schema(tmp_path):
+    ok = '{"name": "set_fan_speed", "arguments": {"level": 3}}'
+    prompts = [dict(_prompt("t", "fan to three", reference=ok), task="tool", tools=vehicle.TOOLS_JSON)]
+    samples = [_sample("t", 0, "", answer=ok), _sample("t", 1, "", answer='{"name": "set_fan_speed", "arguments": {"level": 9}}'),
+               _sample("t", 2, "", answer='{"name": "open_trunk", "arguments": {}}')]
+    cfg_path, cfg = _run(tmp_path, extra="rules: [invalid_call, incorrect]", samples=samples, prompts=prompts)
+    r = CliRunner().invoke(main, ["clean", str(cfg_path)])
+    assert r.exit_code == 0, r.output
+    rejects = {x["sample_id"]: x["rule"] for x in pq.read_table(cfg.run_dir / "clean/rejects.parquet").to_pylist()}
+    assert rejects == {"t-1": "invalid_call", "t-2": "invalid_call"}
+    verdicts = {v["sample_id"]: v for v in pq.read_table(cfg.run_dir / "clean/verdicts.parquet").to_pylist()}
+    assert "level" in verdicts["t-1"]["invalid_call"] and verdicts["t-0"]["correct"]
+
+
+def test_tool_metrics_per_class_confusion_and_language():
+    prompts = [{"prompt_id": str(i), "task": "tool", "source": "s", "difficulty": 1, "language": lang, "reference": ref,
+                "tools": vehicle.TOOLS_JSON}
+               for i, (lang, ref) in enumerate([("en", '{"name": "set_fan_speed", "arguments": {"level": 3}}'),
+                                                ("zh", '{"name": "set_volume", "arguments": {"level": 10}}'),
+                                                ("en", "[]"), ("zh", '{"name": "set_fan_speed", "arguments": {"level": 2}}')])]
+    outputs = ['{"name": "set_fan_speed", "arguments": {"level": 3}}',  # right
+               '{"name": "set_fan_speed", "arguments": {"level": 10}}',  # wrong function
+               "Happy to chat!",  # no_call, right
+               '{"name": "set_fan_speed", "arguments": {"level": 5}}']  # right function, wrong value
+    rows = eval_stage.score("student", prompts, [[(o, 10, "stop")] for o in outputs])
+    m = eval_stage.tool_metrics(rows)
+    assert m["exact_call_accuracy"] == 0.5 and m["name_accuracy"] == 0.75
+    assert m["confusion"]["set_volume"]["set_fan_speed"] == 1 and m["confusion"]["no_call"]["no_call"] == 1
+    fan = m["per_class"]["set_fan_speed"]
+    assert fan["precision"] == round(2 / 3, 4) and fan["recall"] == 1.0 and fan["support"] == 2
+    assert m["per_language"] == {"en": 1.0, "zh": 0.0}
+    # right: 1 tp; wrong function: its argument fp, the expected one fn; wrong value: fp
+    assert (m["arg_precision"], m["arg_recall"]) == (round(1 / 3, 4), 0.5)
