@@ -222,6 +222,24 @@ def report_cmd(target, overrides, artifacts_dir):
         report.run(report.for_run(inspect_sql.resolve_run(target, artifacts_dir)))
 
 
+@main.command("plan")
+@_config_args
+@click.option("--node", default="8xH200", show_default=True, help="node type: 8xH200, 8xH100, 1xH100, cpu")
+@click.option("--prompts", type=click.IntRange(min=1), default=None, help="prompt count, when the inputs cannot be counted")
+@click.option("--teacher-tok-s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="the teacher's measured output tokens/s on that node")
+@click.option("--output", type=click.Path(), default=None, help="also write the plan as JSON to this file")
+@_one_line_errors
+def plan_cmd(config_file, overrides, node, prompts, teacher_tok_s, output):
+    """Estimate generation hours, storage and training hours before anything runs."""
+    from pipeline import plan
+    from pipeline.files import write_json
+
+    result = plan.run(config_mod.load(config_file, overrides), node, prompts=prompts, teacher_tok_s=teacher_tok_s)
+    if output:
+        write_json(output, result)
+
+
 @main.command("bench")
 @click.argument("name", type=click.Choice(["generate", "clean", "train", "quality"]))
 @click.argument("config_file", type=click.Path(), default="configs/quickstart.yaml")

@@ -48,6 +48,9 @@ PROMPTS_ROWS = [
     _prompt("near1", "Describe your method for solving word problems, version one."),
     _prompt("near2", "Describe your method for solving word problems, version two."),
     _prompt("ev", f"{EVAL_TEXT}; how many people are on it?", split="eval", reference="42"),
+    dict(_prompt("fan", "Set the fan to level three, please.", reference='{"name": "set_fan", "arguments": {"level": 3}}'),
+         task="tool", tools='[{"name": "set_fan", "parameters": {"type": "object", "properties": {"level": '
+                            '{"type": "integer", "maximum": 7}}, "required": ["level"]}}]'),
 ]
 
 # sample_id -> the rule that must drop it (None: kept)
@@ -64,6 +67,8 @@ EXPECTED = {
     "ok-9": "repetition",
     "zh-0": "language_mix",
     "ok-10": "length",
+    "fan-0": None,
+    "fan-1": "invalid_call",  # level 9 breaks the schema's maximum
     "ok-11": "incorrect",
     "ok2-0": None,  # \boxed{6.0} equals the reference 6 by math-verify
     "ok2-1": None,  # \frac{12}{2} too
@@ -94,6 +99,8 @@ def _samples():
         _sample("zh", 0, "我们需要计算剩下的苹果数量。十减四等于六，所以答案是六。" * 3),
         _sample("ok", 10, good, tokens=100_000),
         _sample("ok", 11, good, answer="\\boxed{7}"),
+        _sample("fan", 0, "The user wants the fan at three.", answer='{"name": "set_fan", "arguments": {"level": 3}}'),
+        _sample("fan", 1, "The user wants the fan turned up.", answer='{"name": "set_fan", "arguments": {"level": 9}}'),
         _sample("ok2", 0, "Three plus three is six.", answer="\\boxed{6.0}"),
         _sample("ok2", 1, "Three plus three is six, as a fraction.", answer="\\boxed{\\frac{12}{2}}"),
         _sample("ok2", 2, "THREE plus three is SIX.", answer="\\boxed{6.0}"),
@@ -233,7 +240,7 @@ def test_sql_views_formats_and_canned_queries(tmp_path):
     assert {row["rule"]: row["n"] for row in rows}["garbled"] == 3
     r = distill_cli("sql", run_dir, "SELECT count(*) AS n FROM clean JOIN generations USING (sample_id)",
                     "--format", "csv")
-    assert r.stdout.splitlines() == ['"n"', "7"] or r.stdout.splitlines() == ["n", "7"]
+    assert r.stdout.splitlines() == ['"n"', "8"] or r.stdout.splitlines() == ["n", "8"]
     out = tmp_path / "p.parquet"
     distill_cli("sql", run_dir, "SELECT * FROM prompts", "--format", "parquet", "--output", out)
     assert pq.read_table(out).num_rows == len(PROMPTS_ROWS)

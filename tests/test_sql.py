@@ -67,7 +67,7 @@ def test_quotes_spaces_and_unicode_in_the_run_path(run_dir, tmp_path):
     odd = tmp_path / "it's a run ü\n名"
     shutil.copytree(run_dir, odd)
     r = distill_cli("sql", odd, "SELECT count(*) AS n FROM clean", "--format", "csv")
-    assert r.stdout.splitlines()[-1] == "7"
+    assert r.stdout.splitlines()[-1] == "8"
 
 
 def test_repl_refuses_writes_and_goes_on(run_dir):
