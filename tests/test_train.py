@@ -144,3 +144,15 @@ def test_lora_with_gradient_checkpointing_saves_a_merged_model(traced, tmp_path)
     assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, not NaN
     assert not (out / "model/adapter_config.json").exists()  # adapters merged: a plain model directory
     AutoModelForCausalLM.from_pretrained(out / "model")
+
+
+@pytest.mark.parametrize("name", ["ddp", "deepspeed_zero3", "fsdp", "cpu_ddp2", "cpu_fsdp2"])
+def test_accelerate_configs_load(name):
+    """Every shipped launcher config is one accelerate reads. DeepSpeed itself does not run here
+    (not installed on these CPU machines): its config is checked this far, the launch on GPUs."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    c = ClusterConfig.from_yaml_file(str(ROOT / f"configs/accelerate/{name}.yaml"))
+    assert c.num_processes >= 2 and c.distributed_type.value in ("MULTI_GPU", "DEEPSPEED", "FSDP")
+    if name == "deepspeed_zero3":
+        assert c.deepspeed_config["zero_stage"] == 3
