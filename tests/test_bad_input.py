@@ -174,29 +174,29 @@ def test_duplicate_sample_across_shards_names_both_files(tmp_path):
     _expect_one_line(["clean", cfg_path], "is in", first.name, "part-0of1-99999.parquet", root=cfg.run_dir)
 
 
-def test_rule_returning_ids_that_are_not_candidates(tmp_path):
+def _with_rule(tmp_path, name: str, sql: str):
+    """A clean run whose only rule is `name`, a file beside copies of the shipped rules."""
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "sql", rules)
-    (rules / "bogus.sql").write_text("-- drops ids that do not exist\nSELECT 'nope;' || sample_id AS sample_id "
-                                     "FROM candidates")
-    cfg_path, cfg = _run(tmp_path, extra="rules: [bogus]", sql_dir=rules)
+    (rules / f"{name}.sql").write_text(sql)
+    return _run(tmp_path, extra=f"rules: [{name}]", sql_dir=rules)
+
+
+def test_rule_returning_ids_that_are_not_candidates(tmp_path):
+    cfg_path, cfg = _with_rule(tmp_path, "bogus", "-- drops ids that do not exist\n"
+                                                  "SELECT 'nope;' || sample_id AS sample_id FROM candidates")
     _expect_one_line(["clean", cfg_path], "bogus.sql: returned", "not current candidates", root=cfg.run_dir)
 
 
 def test_rule_whose_sample_id_is_not_text(tmp_path):
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "sql", rules)
-    (rules / "numbers.sql").write_text("SELECT 1 AS sample_id FROM candidates")
-    cfg_path, cfg = _run(tmp_path, extra="rules: [numbers]", sql_dir=rules)
+    cfg_path, cfg = _with_rule(tmp_path, "numbers", "SELECT 1 AS sample_id FROM candidates")
     _expect_one_line(["clean", cfg_path], "numbers.sql: its sample_id column is INTEGER", root=cfg.run_dir)
 
 
 def test_rule_string_may_hold_a_semicolon(tmp_path):
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "sql", rules)
-    (rules / "semi.sql").write_text("-- drops answers holding a ';'\nSELECT sample_id FROM candidates "
-                                    "WHERE answer LIKE '%;%'")
-    cfg_path, cfg = _run(tmp_path, extra="rules: [semi]", sql_dir=rules)
+    # semi is also an SQL keyword: the rule's view name is quoted
+    cfg_path, cfg = _with_rule(tmp_path, "semi", "-- drops answers holding a ';'\nSELECT sample_id FROM candidates "
+                                                 "WHERE answer LIKE '%;%'")
     r = CliRunner().invoke(main, ["clean", str(cfg_path)])
     assert r.exit_code == 0, r.output
 
