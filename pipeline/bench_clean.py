@@ -5,7 +5,8 @@ and the rules against a pandas implementation of the same rules, into artifacts/
 
 Rows carry ~2 KB of reasoning text and one planted defect in every 40 rows per rule; one prompt in
 ten is Chinese with Chinese reasoning, and the English text carries typographic punctuation and
-now and then a Chinese word, as R1 writes, so the non-ASCII paths are measured too.
+now and then a Chinese word, as R1 writes, so the non-ASCII paths are measured too; a third of the
+prompts declare their language (en or zh), the others leave language_mix to infer it.
 `rows_per_s` is `distill clean` run as a user runs it, in its own process, wall time from start
 to exit (load, verification, every rule, near-duplicates, the three outputs written), and
 `peak_rss_mb` is that process's peak. The stage's own timings split it up: `rules_rows_per_s`
@@ -73,11 +74,13 @@ def synthesize(out: Path, rows: int) -> tuple[Path, Path]:
                -- every 10th (from the 5th) is Chinese, answered in Chinese
                CASE WHEN q % 10 = 5 THEN {cjk.replace('range(400)', 'range(30)').replace('hash(i, j)', 'hash(q, j)')}
                     ELSE {text.format(n=40, seed='CASE WHEN q % 100 = 1 THEN q - 1 ELSE q END', v=len(WORDS))}
-               END AS question, q % 10 = 5 AS chinese
+               END AS question, q % 10 = 5 AS chinese,
+               -- a third of the prompts declare their language, the others leave it to the rule
+               CASE WHEN q % 3 = 0 THEN CASE WHEN chinese THEN 'zh' ELSE 'en' END END AS language
         FROM range({rows // 2}) t(q)""")
     con.execute(f"""COPY (SELECT prompt_id, [{{'role': 'user', 'content': question}}] AS messages, NULL::VARCHAR AS tools,
                                  reference, 'math' AS task, 'synthetic' AS source, NULL::VARCHAR AS source_id,
-                                 (q % 5)::INTEGER AS difficulty, split, NULL::VARCHAR AS completion FROM p)
+                                 (q % 5)::INTEGER AS difficulty, split, NULL::VARCHAR AS completion, language FROM p)
                     TO '{prompts}.tmp' (FORMAT parquet)""")
     con.execute(f"""COPY (
         WITH s AS (
@@ -143,10 +146,28 @@ def _duckdb_clean(cfg: Config, gens: Path, prompts: Path, rules: list[str], scra
 # ---------------------------------------------------------------------------------------------
 # The baseline: the same rules as a competent pandas user writes them.
 
-CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
-SCRIPTS = {"latin": r"\p{Latin}", "cjk": CJK, "cyrillic": r"\p{Cyrillic}", "arabic": r"\p{Arabic}"}
+# language_mix: the scripts it knows, the language codes it reads, what it cuts before counting
+SCRIPTS = {name: cls + r"\p{Inherited}" for name, cls in {
+    "latin": r"\p{Latin}", "cyrillic": r"\p{Cyrillic}", "greek": r"\p{Greek}", "armenian": r"\p{Armenian}",
+    "georgian": r"\p{Georgian}", "arabic": r"\p{Arabic}", "hebrew": r"\p{Hebrew}", "devanagari": r"\p{Devanagari}",
+    "bengali": r"\p{Bengali}", "gurmukhi": r"\p{Gurmukhi}", "gujarati": r"\p{Gujarati}", "tamil": r"\p{Tamil}",
+    "telugu": r"\p{Telugu}", "kannada": r"\p{Kannada}", "malayalam": r"\p{Malayalam}", "thai": r"\p{Thai}",
+    "hangul": r"\p{Hangul}", "cjk": r"\p{Han}\p{Hiragana}\p{Katakana}\u30FC\uFF70"}.items()}
+LANGUAGES = {code: script for script, codes in {
+    "latin": "en fr de es it pt nl sv da no nb nn fi is pl cs sk sl hr bs ro hu et lv lt tr az uz vi id ms tl fil "
+             "sw ca eu gl ga cy af sq mt la eo ha yo zu so",
+    "cyrillic": "ru uk be bg mk kk ky tg mn", "greek": "el", "armenian": "hy", "georgian": "ka",
+    "arabic": "ar fa ur ps ug", "hebrew": "he iw yi", "devanagari": "hi mr ne sa", "bengali": "bn as",
+    "gurmukhi": "pa", "gujarati": "gu", "tamil": "ta", "telugu": "te", "kannada": "kn", "malayalam": "ml",
+    "thai": "th", "hangul": "ko", "cjk": "zh ja yue"}.items() for code in codes.split()}
+LATEX_AND_CODE = r"\$\$[^$]*\$\$|\$[^$\n]*\$|\\\((?s:.*?)\\\)|\\\[(?s:.*?)\\\]|`[^`]*`|\\[a-zA-Z]+"  # plain `re`
+FOREIGN_WORD = regex.compile(r"(?V1)[[\p{L}\p{M}]--\p{Latin}]{2,}")  # non-Latin letters, two or more
+LATIN = regex.compile(r"\p{Latin}")
+LETTER_OR_MARK = regex.compile(r"[\p{L}\p{M}]")
+# contaminated: words, and each character of a script written without spaces
+SEPARATORS = regex.compile(r"[^\p{L}\p{M}\p{N}]+")
+SPACELESS = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\u30FC\uFF70\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
 UNPRINTABLE = regex.compile(r"[\p{Cf}\p{Co}\p{Cs}]")
-LETTER = regex.compile(r"\p{L}")
 
 
 def _counts(pattern, texts: pd.Series) -> np.ndarray:
@@ -163,7 +184,7 @@ def pandas_clean(cfg: Config, gens: Path, prompts: Path, verdicts: pd.DataFrame)
     users = p["messages"].explode()
     users = users[users.str["role"] == "user"].str["content"]
     p["prompt_text"] = users.groupby(level=0).agg("\n".join)
-    df = df.merge(p[["prompt_id", "prompt_text", "task", "reference"]], on="prompt_id", how="left")
+    df = df.merge(p[["prompt_id", "prompt_text", "task", "reference", "language"]], on="prompt_id", how="left")
     df = df.merge(verdicts, on="sample_id", how="left")
     df["text"] = df["reasoning"] + df["answer"]
     dropped = {}
@@ -188,21 +209,35 @@ def pandas_clean(cfg: Config, gens: Path, prompts: Path, verdicts: pd.DataFrame)
     copies = np.maximum([x.count(m) * len(m.encode()) for x, m in zip(t, middle)],
                         [x.count(m) * len(m.encode()) for x, m in zip(t, tail)])
     drop("repetition", (n >= 4 * k) & (copies / size.clip(lower=1) > c.max_repeated_share))
-    first = df.drop_duplicates("prompt_id").set_index("prompt_id")["prompt_text"]
-    per_script = pd.DataFrame({name: _counts(f"[{cls}]", first) for name, cls in SCRIPTS.items()}, index=first.index)
-    script = per_script.idxmax(axis=1).where(per_script.max(axis=1) > 0, "none")
-    df = df.assign(script=df["prompt_id"].map(script))
-    letters = _counts(LETTER, df["text"])
-    own = np.zeros(len(df), dtype=np.int64)
+    first = df.drop_duplicates("prompt_id").set_index("prompt_id")
+    text = first["prompt_text"].str.replace(LATEX_AND_CODE, " ", regex=True)
+    code = first["language"].astype("string").str.replace("_", "-").str.split("-").str[0].str.lower()
+    declared = code.map(LANGUAGES)
+    foreign = pd.Series(["".join(FOREIGN_WORD.findall(t)) for t in text], index=text.index)
+    per_script = pd.DataFrame({name: _counts(f"[{cls}]", foreign) for name, cls in SCRIPTS.items() if name != "latin"},
+                              index=first.index)
+    total = foreign.str.len()
+    dominant = per_script.idxmax(axis=1).where(2 * per_script.max(axis=1) > total, "unknown")
+    latin = _counts(LATIN, text)
+    inferred = pd.Series(np.where(((total >= 4) & (4 * total >= latin)) | ((total > 0) & (latin == 0)), dominant,
+                                  np.where(latin > 0, "latin", "none")), index=text.index)
+    df = df.assign(script=df["prompt_id"].map(declared.fillna(inferred)))
+    ascii_latin = (df["script"] == "latin") & df["text"].str.isascii()  # nothing outside Latin: no count
+    judged = (~df["script"].isin(["none", "unknown"]) & ~ascii_latin).to_numpy()
+    stripped = df.loc[judged, "text"].str.replace(LATEX_AND_CODE, " ", regex=True)
+    letters = np.zeros(len(df), dtype=np.int64)
+    letters[judged] = _counts(LETTER_OR_MARK, stripped)
+    outside = np.zeros(len(df), dtype=np.int64)
     for name, cls in SCRIPTS.items():
-        rows = (df["script"] == name).to_numpy()
-        own[rows] = _counts(f"[{cls}]", df["text"][rows])
-    mixed = (df["script"] != "none").to_numpy() & (letters > 0) & (1 - own / np.maximum(letters, 1) > c.max_script_mix)
+        rows = (df["script"] == name).to_numpy() & judged
+        outside[rows] = _counts(rf"(?V1)[[\p{{L}}\p{{M}}]--[{cls}]]", stripped[rows[judged]])
+    mixed = (letters > 0) & (outside / np.maximum(letters, 1) > c.max_script_mix)
     drop("language_mix", mixed)
     drop("length", (df["completion_tokens"] < c.min_tokens) | (df["completion_tokens"] > c.max_tokens))
     drop("invalid_call", df["invalid_call"].notna())
     drop("incorrect", (df["correct"] == False) & (not c.keep_incorrect))  # noqa: E712 (NaN = unchecked)
-    words = p["prompt_text"].str.lower().str.replace(r"[^\w]+|_", " ", regex=True).str.strip().str.split()
+    words = pd.Series([SPACELESS.sub(r" \g<0> ", SEPARATORS.sub(" ", t)).split() for t in p["prompt_text"].str.lower()],
+                      index=p.index)
     n_gram = c.decontam_ngram
     grams = pd.Series([{" ".join(w[i:i + n_gram]) for i in range(len(w) - n_gram + 1)} for w in words], index=p.index)
     eval_grams = set().union(*grams[p["split"] == "eval"])

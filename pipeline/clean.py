@@ -169,15 +169,16 @@ def set_variables(con, cfg: Config, teacher_reasons: bool) -> None:
 
 
 def load_samples(con, files: list[Path], prompts: Path) -> int:
-    """Table `samples`: generation text columns joined to their prompt's task, reference and text.
-    `completion_chars` (characters in reasoning + answer) is counted once here: several rules need
-    it, and strlen(reasoning) + strlen(answer) = completion_chars tells ASCII text at no cost."""
+    """Table `samples`: generation text columns joined to their prompt's task, reference, declared
+    language (NULL where unknown) and text. `completion_chars` (characters in reasoning + answer)
+    is counted once here: several rules need it, and strlen(reasoning) + strlen(answer) =
+    completion_chars tells ASCII text at no cost."""
     cols = ", ".join(f"g.{c}" for c in SAMPLE_COLUMNS)
     source = f"read_parquet([{', '.join(map(sql_quote, files))}], filename = true)" if files else _empty_generations()
     con.execute(f"""
         CREATE TABLE samples AS
         SELECT {cols}, g.filename AS source_file, length(g.reasoning) + length(g.answer) AS completion_chars,
-               p.task, p.source, p.difficulty, p.reference, p.tools,
+               p.task, p.source, p.difficulty, p.reference, p.tools, p.language,
                array_to_string(list_transform(list_filter(p.messages, lambda m: m.role = 'user'), lambda m: m.content),
                                chr(10)) AS prompt_text,
                true AS kept
@@ -283,15 +284,26 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int
     return rows
 
 
+# Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Burmese): each
+# of their characters is a word of its own for shingles, as in sql/contaminated.sql. ー (U+30FC,
+# U+FF70 half-width) lengthens a katakana vowel but is a Common letter, not Katakana.
+SPACELESS = r"[\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]"
+
+
 def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
     """[n] texts -> [n, bins] uint32 one-permutation MinHash signatures (Li, Owen and Zhang 2012):
     each shingle is hashed once, its top bits pick one of `bins` bins and each bin keeps its
     minimum, so the cost is one hash per shingle instead of one per shingle and permutation; equal
     bins between two texts estimate their Jaccard similarity. Words are lowercased and split on
-    whitespace, hashed with crc32 (stable across runs) once per distinct word of the batch; a
-    shingle is a weighted sum of k consecutive word hashes; a text shorter than k words is one
-    shingle. An empty bin holds 2**32 - 1."""
-    words = pc.utf8_split_whitespace(pc.utf8_lower(texts))
+    whitespace, and every character of a script written without spaces (SPACELESS) is a word, so
+    a Chinese text is not one long word that any changed character makes new; words are hashed
+    with crc32 (stable across runs) once per distinct word of the batch; a shingle is a weighted
+    sum of k consecutive word hashes; a text shorter than k words is one shingle. An empty bin
+    holds 2**32 - 1."""
+    # one RE2 pass, no capture group (RE2 would fill it at every match); text without such
+    # characters has no match
+    spaced = pc.replace_substring_regex(pc.utf8_lower(texts), SPACELESS, r" \0 ")
+    words = pc.utf8_split_whitespace(spaced)
     offsets = words.offsets.to_numpy().astype(np.int64)
     encoded = pc.dictionary_encode(words.flatten())
     distinct = np.fromiter((zlib.crc32(w.encode()) for w in encoded.dictionary.to_pylist()), dtype=np.uint64,

@@ -110,6 +110,7 @@ class InputConfig:
     system_prompt: str = ""  # one system prompt for every row of this input
     tools: str = ""  # column with tool (function) schemas, a JSON string or a list
     reference: str = ""  # column with the reference answer
+    reference_pattern: str = ""  # regex whose one group is the final answer in a worked-solution reference (GSM8K: "#### (.+)$")
     id: str = ""  # column with the user's own row id (must be unique)
     source: str = ""  # column naming each row's source; default: the input's file name
     difficulty: str = ""  # column with an integer difficulty level
@@ -122,6 +123,12 @@ class InputConfig:
         _check(self.format in ("auto", "jsonl", "parquet", "csv", "hf"), "format", "auto|jsonl|parquet|csv|hf")
         _check(self.split in ("train", "eval"), "split", "train or eval")
         _check(self.task in TASKS, "task", "|".join(TASKS))
+        if self.reference_pattern:
+            try:
+                groups = re.compile(self.reference_pattern, re.MULTILINE).groups
+            except re.error as e:
+                raise ConfigError(f"reference_pattern: not a regular expression ({e})") from None
+            _check(groups == 1, "reference_pattern", f"needs exactly one (group), has {groups}")
 
 
 TASKS = ("math", "exact", "choice", "tool")

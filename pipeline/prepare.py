@@ -248,11 +248,13 @@ def _to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
         if isinstance(value, str) and _SURROGATE.search(value):
             raise RowError(f"column '{name}' holds a lone surrogate (invalid Unicode) "
                            f"U+{ord(_SURROGATE.search(value).group()):04X}")
+    if reference is not None:
+        reference = _final_answer(clean_text(str(reference), form), spec)
     return {
         "prompt_id": prompt_id(messages, tools),
         "messages": messages,
         "tools": tools,
-        "reference": None if reference is None else clean_text(str(reference), form),
+        "reference": reference,
         "task": spec.task,
         "source": _string(row, spec.source) if spec.source else Path(spec.path).name,
         "source_id": None if source_id is None else str(source_id),
@@ -261,6 +263,18 @@ def _to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
         "completion": (_string(row, spec.completion) or None) if spec.completion else None,
         "language": (_string(row, spec.language) or None) if spec.language else None,
     }
+
+
+def _final_answer(reference: str, spec: InputConfig) -> str:
+    """The reference itself, or with reference_pattern its one group: a worked solution's final answer."""
+    if not spec.reference_pattern:
+        return reference
+    m = re.search(spec.reference_pattern, reference, re.MULTILINE)
+    if m is None or not (m[1] or "").strip():
+        # the tail, where worked solutions put the answer, shows what the pattern missed
+        raise RowError(f"column '{spec.reference}' does not match reference_pattern {spec.reference_pattern!r} "
+                       f"(it ends {reference[-40:]!r})")
+    return m[1].strip()
 
 
 def prompt_id(messages: list[dict], tools: str | None) -> str:

@@ -1,8 +1,10 @@
 -- contaminated: decontamination. Drops the train samples of every prompt that shares a word
 -- $decontam_ngram-gram (lowercased, punctuation removed) with an evaluation prompt: the run's
--- eval split plus clean.decontam_files (table eval_texts). N-grams found in more than
--- $decontam_max_prompt_share of the train prompts are shared instructions ("put your final
--- answer in \boxed{}"), not leaked problems, and do not count.
+-- eval split plus clean.decontam_files (table eval_texts). In scripts written without spaces
+-- (Chinese, Japanese, Thai, Lao, Khmer, Burmese) each character is a word: split on separators
+-- alone, a Chinese sentence is one "word", and only a copy of whole sentences would match.
+-- N-grams found in more than $decontam_max_prompt_share of the train prompts are shared
+-- instructions ("put your final answer in \boxed{}"), not leaked problems, and do not count.
 -- Only suspects are cut into n-grams: an n-gram holds a k-gram (k = ceil(n / 2)) that starts at
 -- one of every n - k + 1 word positions, so a train prompt that shares an n-gram with the eval
 -- set shares one of its k-grams at those positions too. Every prompt holding a shared n-gram is a
@@ -17,11 +19,18 @@ texts AS (
 ),
 words AS MATERIALIZED (  -- one hash per word; read three times below
     SELECT side, prompt_id,
-           -- separators other than a space become one; the empty strings between spaces go. (A
-           -- regex replacing every separator run costs one match per word: twice the time.)
-           list_transform(list_filter(string_split(regexp_replace(lower(text), '[^\p{L}\p{N} ]+', ' ', 'g'), ' '),
-                                      lambda w: w <> ''),
-                          lambda w: hash(w)) AS h
+           -- separators other than a space become one (marks are vowel signs, part of words),
+           -- then each character of a spaceless script gets a space either side (ー, U+30FC and
+           -- U+FF70, lengthens katakana but is a Common letter); the empty strings between
+           -- spaces go. (A regex replacing every separator run costs one match per word: twice the
+           -- time. One regex doing both needs a capture group, which RE2 fills at every match of
+           -- either kind: three times the time of two.)
+           list_transform(
+               list_filter(string_split(regexp_replace(
+                   regexp_replace(lower(text), '[^\p{L}\p{M}\p{N} ]+', ' ', 'g'),
+                   '[\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]', ' \0 ', 'g'),
+                   ' '), lambda w: w <> ''),
+               lambda w: hash(w)) AS h
     FROM texts
 ),
 eval_kgrams AS (
