@@ -98,6 +98,16 @@ def prepare_cmd(config_file, overrides, on_error):
     prepare.run(config_mod.load(config_file, overrides))
 
 
+@main.command("import")
+@_config_args
+@_one_line_errors
+def import_cmd(config_file, overrides):
+    """Write the prompts and generations of a run from existing reasoning traces (no teacher loaded)."""
+    from pipeline import traces
+
+    traces.run(config_mod.load(config_file, overrides))
+
+
 @main.command("run")
 @_config_args
 @click.option("--force", is_flag=True, help="rerun every stage even if its outputs are up to date")

@@ -118,9 +118,11 @@ class InputConfig:
     language: str = ""  # column with the row's language code (en, zh, ...): eval reports accuracy per language
     task: str = "math"  # how answers are scored: math, exact, choice or tool
 
+    FORMATS = ("auto", "jsonl", "parquet", "csv", "hf")  # a class constant, not a field
+
     def __post_init__(self):
         _check(bool(self.path), "path", "is required")
-        _check(self.format in ("auto", "jsonl", "parquet", "csv", "hf"), "format", "auto|jsonl|parquet|csv|hf")
+        _check(self.format in self.FORMATS, "format", "|".join(self.FORMATS))
         _check(self.split in ("train", "eval"), "split", "train or eval")
         _check(self.task in TASKS, "task", "|".join(TASKS))
         if self.reference_pattern:
@@ -132,6 +134,51 @@ class InputConfig:
 
 
 TASKS = ("math", "exact", "choice", "tool")
+
+
+@dataclass
+class TraceInputConfig(InputConfig):
+    """A file of existing traces for `distill import`: the fields of a prepare input, every column a
+    dotted path into the row (`model_answers.thinking_model`; a number indexes a list), and where a
+    row's completions are: `completion` (a string, a list of them, or a {content,
+    reasoning_content} object), `reasoning` + `answer`, or the final assistant turn of `messages`
+    or `conversations`."""
+
+    FORMATS = InputConfig.FORMATS + ("json",)  # json: one JSON document, an array of records
+    records: str = ""  # json: the dotted key of the records' list in a JSON object ("" = the file is an array)
+    # ShareGPT list of {from, value} turns; as with messages, a final assistant turn is the completion
+    conversations: str = ""
+    # the file's role names -> system, user or assistant (messages and conversations); others pass as they are
+    roles: dict[str, str] = field(default_factory=lambda: {"system": "system", "human": "user", "gpt": "assistant"})
+    reasoning: str = ""  # column with the reasoning alone (with `answer`: traces stored in two columns)
+    answer: str = ""  # column with the answer alone
+    model: str = ""  # column naming each row's source model; default: traces.source_model
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(not (self.messages and self.conversations), "conversations", "give messages or conversations, not both")
+        _check(not self.records or self.format in ("auto", "json"), "records", "only for a JSON document (format json)")
+        _check(all(r in ("system", "user", "assistant") for r in self.roles.values()), "roles",
+               "maps the file's role names to system, user or assistant")
+        _check(bool(self.reasoning) == bool(self.answer), "answer" if self.reasoning else "reasoning",
+               "reasoning and answer come together (two columns of one trace)")
+        _check(not (self.completion and self.reasoning), "completion", "give completion or reasoning + answer, not both")
+        _check(bool(self.completion or self.reasoning or self.messages or self.conversations), "completion",
+               "give completion, reasoning + answer, or messages/conversations ending in the assistant's turn")
+
+
+@dataclass
+class TracesConfig:
+    """`distill import`: existing traces instead of a teacher's generation."""
+
+    inputs: list[TraceInputConfig] = field(default_factory=list)  # the trace files
+    tokenizer: str = ""  # counts tokens and renders prompt_text: local model dir or embedded name; "" = models.teacher
+    source_model: str = "unknown"  # the generations' `model` where an input maps no model column
+    on_error: str = "fail"  # fail on the first bad row, or skip it into prepare/rejects.parquet
+
+    def __post_init__(self):
+        _check(self.on_error in ("fail", "skip"), "on_error", "fail or skip")
+        _check(bool(self.source_model), "source_model", "must not be empty")
 
 
 @dataclass
@@ -406,6 +453,7 @@ class Config:
     clean: CleanConfig = field(default_factory=CleanConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
     file: str = ""  # the YAML file this was loaded from (set by load, not by users)
 
     def __post_init__(self):

@@ -119,6 +119,8 @@ def output_settings(cfg: Config, teacher: dict) -> dict:
 def _check_settings(path: Path, settings: dict) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
+        if old.get("imported"):
+            raise PipelineError(f"{path.parent}: holds traces written by `distill import`; generate into a new run name")
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             k = changed[0]

@@ -19,11 +19,12 @@ from pipeline.errors import PipelineError
 from pipeline.files import write_json
 from pipeline.schema import TABLES
 
-# What each stage reads: its config sections and the stages whose outputs it consumes.
+# What each stage reads: its config sections and the stages whose outputs it consumes. `distill
+# import` writes the outputs of prepare and generate from the `traces` section, so their keys hash it.
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "models": (("models",), ()),
-    "prepare": (("prepare",), ()),
-    "generate": (("generate",), ("models", "prepare")),
+    "prepare": (("prepare", "traces"), ()),
+    "generate": (("generate", "traces"), ("models", "prepare")),
     "clean": (("clean",), ("generate",)),
     "train": (("train",), ("models", "generate", "clean")),
     "eval": (("eval", "generate"), ("models", "prepare", "generate", "train")),

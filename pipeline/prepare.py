@@ -66,7 +66,7 @@ def run(cfg: Config) -> dict:
             try:
                 if isinstance(row, RowError):
                     raise row
-                prompt = _to_prompt(row, spec, cfg.prepare.unicode_form)
+                prompt = to_prompt(row, spec, cfg.prepare.unicode_form)
                 if prompt is not None and prompt["source_id"] is not None:
                     first = ids_seen.get(prompt["source_id"])
                     if first is not None and first[1] != prompt:  # the same row twice is a duplicate, dropped below
@@ -108,30 +108,46 @@ def run(cfg: Config) -> dict:
 
 
 def _read(spec: InputConfig) -> Iterator[tuple[int, dict | RowError]]:
-    fmt = spec.format
-    path = Path(spec.path)
-    if fmt == "auto":
-        fmt = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
-        if fmt is None:
-            fmt = "hf" if path.is_dir() or not path.exists() else None
-        if fmt is None:
-            raise PipelineError(f"{path}: cannot tell the format from the suffix; set format: jsonl|parquet|csv|hf")
-    if fmt != "hf" and not path.is_file():
-        raise PipelineError(f"{path}: no such file")
-    rows = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "hf": _read_hf}[fmt](spec)
+    fmt = resolve_format(spec.path, spec.format)
     first = True
     seen: set = set()
-    for line, row in rows:
+    for line, row in read_rows(spec.path, fmt, spec.hf_split):
         if isinstance(row, dict):
             if first and fmt != "jsonl":
                 _require_columns(spec, row.keys(), _mapped(spec))
             first = False
             seen.update(row.keys())
         yield line, row
-    if first:
-        raise PipelineError(f"{path}: no rows")
     # JSONL rows may omit an optional key, but a mapped key that no row has is a misspelling
     _require_columns(spec, seen, _mapped(spec))
+
+
+def resolve_format(path: str, fmt: str) -> str:
+    """`auto` by the file's suffix; a directory or a name that is no file is a Hugging Face dataset."""
+    if fmt != "auto":
+        return fmt
+    path = Path(path)
+    fmt = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
+    if fmt is None:
+        fmt = "hf" if path.is_dir() or not path.exists() else None
+    if fmt is None:
+        raise PipelineError(f"{path}: cannot tell the format from the suffix; set format: jsonl|parquet|csv|hf")
+    return fmt
+
+
+def read_rows(path: str, fmt: str, hf_split: str = "train") -> Iterator[tuple[int, dict | RowError]]:
+    """(line, row) of a JSONL, CSV or Parquet file or a Hugging Face dataset (`fmt` resolved), the
+    rows as they are: prepare maps columns, `distill import` dotted paths."""
+    if fmt != "hf" and not Path(path).is_file():
+        raise PipelineError(f"{path}: no such file")
+    readers = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet,
+               "hf": lambda p: _read_hf(p, hf_split)}
+    empty = True
+    for line, row in readers[fmt](str(path)):
+        empty = empty and not isinstance(row, dict)
+        yield line, row
+    if empty:
+        raise PipelineError(f"{path}: no rows")
 
 
 def _mapped(spec: InputConfig) -> list[str]:
@@ -146,8 +162,8 @@ def _require_columns(spec: InputConfig, columns, needed: list[str]) -> None:
             raise PipelineError(f"{spec.path}: missing column '{name}' (columns: {', '.join(map(str, columns))})")
 
 
-def _read_jsonl(spec: InputConfig):
-    with open(spec.path, "rb") as f:
+def _read_jsonl(path: str):
+    with open(path, "rb") as f:
         for line, raw in enumerate(f, 1):
             try:
                 text = raw.decode("utf-8-sig" if line == 1 else "utf-8")  # a BOM may open the file
@@ -164,13 +180,13 @@ def _read_jsonl(spec: InputConfig):
             yield line, row if isinstance(row, dict) else RowError(f"expected a JSON object, got {type(row).__name__}")
 
 
-def _read_csv(spec: InputConfig):
-    data = Path(spec.path).read_bytes()
+def _read_csv(path: str):
+    data = Path(path).read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
-        raise PipelineError(f"{spec.path}:{line}: invalid UTF-8") from None
+        raise PipelineError(f"{path}:{line}: invalid UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     last = 1
     try:
@@ -181,11 +197,11 @@ def _read_csv(spec: InputConfig):
                 yield reader.line_num, row
             last = reader.line_num
     except csv.Error as e:
-        raise PipelineError(f"{spec.path}:{last + 1}: malformed CSV ({e}; a quote opened here never closes?)") from None
+        raise PipelineError(f"{path}:{last + 1}: malformed CSV ({e}; a quote opened here never closes?)") from None
 
 
-def _read_parquet(spec: InputConfig):
-    f = open_parquet(spec.path)
+def _read_parquet(path: str):
+    f = open_parquet(path)
     line = 0
     for batch in f.iter_batches(batch_size=8192):
         for row in batch.to_pylist():
@@ -193,20 +209,20 @@ def _read_parquet(spec: InputConfig):
             yield line, row
 
 
-def _read_hf(spec: InputConfig):
+def _read_hf(path: str, split: str):
     import datasets
 
     try:
-        if Path(spec.path).is_dir():
-            ds = datasets.load_from_disk(spec.path)
+        if Path(path).is_dir():
+            ds = datasets.load_from_disk(path)
         else:
-            ds = datasets.load_dataset(spec.path, split=spec.hf_split)
+            ds = datasets.load_dataset(path, split=split)
     except Exception as e:  # offline hub misses and bad directories surface as many types
-        raise PipelineError(f"{spec.path}: cannot load Hugging Face dataset ({str(e).splitlines()[0]})") from None
+        raise PipelineError(f"{path}: cannot load Hugging Face dataset ({str(e).splitlines()[0]})") from None
     if isinstance(ds, datasets.DatasetDict):
-        if spec.hf_split not in ds:
-            raise PipelineError(f"{spec.path}: no split '{spec.hf_split}' (has: {', '.join(ds)})")
-        ds = ds[spec.hf_split]
+        if split not in ds:
+            raise PipelineError(f"{path}: no split '{split}' (has: {', '.join(ds)})")
+        ds = ds[split]
     for i, row in enumerate(ds, 1):
         yield i, row
 
@@ -215,8 +231,9 @@ def _read_hf(spec: InputConfig):
 # One row -> one prompts row.
 
 
-def _to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
-    """Map, type-check and clean one input row; None when its prompt is empty after cleaning."""
+def to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
+    """Map, type-check and clean one input row; None when its prompt is empty after cleaning.
+    `distill import` passes its trace rows here too, keyed by the dotted paths of its mapping."""
     if spec.messages:
         messages = _messages(row.get(spec.messages), spec.messages, form)
     else:
@@ -245,9 +262,7 @@ def _to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
         raise RowError(f"column '{spec.difficulty}' must be an integer, got {difficulty!r}")
     for name, value in ((spec.messages or spec.prompt, json.dumps(messages, ensure_ascii=False)), (spec.tools, tools),
                         (spec.reference, reference), (spec.completion, row.get(spec.completion) if spec.completion else None)):
-        if isinstance(value, str) and _SURROGATE.search(value):
-            raise RowError(f"column '{name}' holds a lone surrogate (invalid Unicode) "
-                           f"U+{ord(_SURROGATE.search(value).group()):04X}")
+        check_unicode(name, value)
     if reference is not None:
         reference = _final_answer(clean_text(str(reference), form), spec)
     return {
@@ -345,6 +360,13 @@ def _tool_problem(tool) -> str | None:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(column: str, value) -> None:
+    """A lone surrogate (JSON may escape one) is no text: Arrow cannot store it."""
+    if isinstance(value, str) and (m := _SURROGATE.search(value)):
+        raise RowError(f"column '{column}' holds a lone surrogate (invalid Unicode) U+{ord(m.group()):04X}")
+
 
 # Zero-width and byte-order marks are invisible yet change the prompt's hash and tokens.
 _INVISIBLE = {"\ufeff", "\u200b", "\u200c", "\u2060"}

@@ -12,12 +12,16 @@ import click
 
 from pipeline import manifest
 from pipeline.config import Config
+from pipeline.errors import PipelineError
 
 ORDER = ("models", "prepare", "generate", "clean", "train", "eval", "report")
 
 
 def run(cfg: Config, force: bool = False, until: str | None = None) -> None:
     started = time.time()
+    if cfg.traces.inputs:  # prepare would overwrite the imported prompts, and eval needs a teacher's traces
+        raise PipelineError(f"{cfg.file}: a run of imported traces (traces.inputs) goes stage by stage: "
+                            "distill import, clean, train (kd_weight 0), report")
     stages = ORDER[:ORDER.index(until) + 1] if until else ORDER
     for stage in stages:
         if not force and manifest.is_fresh(cfg, stage):

@@ -183,14 +183,18 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
     manifest.require(cfg, "clean")
     out = manifest.stage_dir(cfg, "train")
     student_dir, teacher_dir = Path(student or models["student"]["path"]), Path(models["teacher"]["path"])
-    stored_k = gen["settings"]["top_k"]
-    if t.kd_weight > 0 and t.top_k > stored_k:
-        raise PipelineError(f"{cfg.file}: train.top_k={t.top_k} but generate stored only {stored_k} candidates")
+    if gen.get("imported") and t.kd_weight > 0:
+        raise PipelineError(f"{cfg.file}: train.kd_weight={t.kd_weight}: imported traces have no teacher top-k: train "
+                            "with kd_weight 0, or attach a local teacher's top-k with `distill generate --score`")
+    if t.kd_weight > 0 and t.top_k > gen["settings"]["top_k"]:
+        raise PipelineError(f"{cfg.file}: train.top_k={t.top_k} but generate stored only {gen['settings']['top_k']} "
+                            "candidates")
     tokenizer = crosstok.load_tokenizer(student_dir)
     # Same vocabulary: the teacher's exact ids and top-k. Another vocabulary: KD through the
-    # byte alignment (crosstok), or with kd_weight 0 plain SFT on the re-tokenized text.
+    # byte alignment (crosstok), or with kd_weight 0 plain SFT on the re-tokenized text, which is
+    # all that imported traces (text, no ids or top-k of the student's teacher) allow.
     same = crosstok.vocabulary_mismatch(teacher_dir, student_dir) is None
-    mode = "same" if same else "cross" if t.kd_weight > 0 else "text"
+    mode = "text" if gen.get("imported") else "same" if same else "cross" if t.kd_weight > 0 else "text"
     dataset, data_info = training_data(cfg, tokenizer, mode)
     click.echo(f"train: {data_info['samples']} samples, {data_info['completion_tokens']} completion tokens "
                f"({data_info['truncated']} truncated to {t.max_length}); kd_weight {t.kd_weight}, "
