@@ -184,8 +184,8 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
     out = manifest.stage_dir(cfg, "train")
     student_dir, teacher_dir = Path(student or models["student"]["path"]), Path(models["teacher"]["path"])
     if gen.get("imported") and t.kd_weight > 0:
-        raise PipelineError(f"{cfg.file}: train.kd_weight={t.kd_weight}: imported traces have no teacher top-k: train "
-                            "with kd_weight 0, or attach a local teacher's top-k with `distill generate --score`")
+        raise PipelineError(f"{cfg.file}: train.kd_weight={t.kd_weight}: imported traces have no teacher top-k; "
+                            "train with kd_weight 0 (SFT on their text)")
     if t.kd_weight > 0 and t.top_k > gen["settings"]["top_k"]:
         raise PipelineError(f"{cfg.file}: train.top_k={t.top_k} but generate stored only {gen['settings']['top_k']} "
                             "candidates")
