@@ -218,7 +218,7 @@ def test_unclosed_trace_is_truncated_for_clean_sql_report_and_sft_training(tmp_p
     assert m["mode"] == "text" and m["counts"]["samples"] == 2 and m["counts"]["steps"] == 1
     r = distill_cli("train", cfg, "--set", "train.kd_weight=0.5", check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert "imported traces have no teacher top-k: train with kd_weight 0" in r.stderr
+    assert "imported traces have no teacher top-k; train with kd_weight 0" in r.stderr
 
 
 @pytest.mark.parametrize("inputs, message", [
