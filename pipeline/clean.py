@@ -35,10 +35,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import manifest
-from pipeline.config import CleanConfig, Config
+from pipeline import manifest, prepare, traces
+from pipeline.config import CleanConfig, Config, EvalFileConfig, InputConfig
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, open_table, pid_alive, sql_quote
+from pipeline.prepare import RowError
 from pipeline.schema import CLEAN, CLEAN_REJECTS, GENERATIONS, PROMPTS, VERDICTS
 from pipeline import toolcalls
 from pipeline.scoring import extract, is_correct
@@ -64,7 +65,7 @@ def run(cfg: Config) -> dict:
         set_variables(con, cfg, teacher_reasons=bool(gen["config"]["generate"]["think_end"]))
         t = time.time()
         n = load_samples(con, files, prompts)
-        load_eval_texts(con, prompts, cfg.clean.decontam_files)
+        load_eval_texts(con, prompts, cfg.clean.decontam_files, cfg.prepare.unicode_form)
         seconds["load"] = time.time() - t
         t = time.time()
         verify(con)
@@ -206,21 +207,45 @@ def _duck_type(column: str) -> str:
     return {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN"}[t]
 
 
-def load_eval_texts(con, prompts: Path, extra: list[str]) -> None:
-    """Table `eval_texts(text)`: the run's eval prompts plus every configured eval file."""
+def load_eval_texts(con, prompts: Path, extra: list[EvalFileConfig], form: str = "NFC") -> None:
+    """Table `eval_texts(text)`: the user text of the run's eval prompts and of every configured
+    eval set, whose prompts are mapped and cleaned (Unicode `form`) as prepare does an input's."""
     con.execute(f"""CREATE TABLE eval_texts AS
         SELECT array_to_string(list_transform(list_filter(messages, lambda m: m.role = 'user'), lambda m: m.content),
                                chr(10)) AS text
         FROM read_parquet({sql_quote(prompts)}) WHERE split = 'eval'""")
+    texts = []
     for f in extra:
-        reader = {".jsonl": "read_json_auto", ".json": "read_json_auto", ".csv": "read_csv_auto"}.get(
-            Path(f).suffix, "read_parquet")
-        if not Path(f).is_file():
-            raise PipelineError(f"clean.decontam_files: {f}: no such file")
         try:
-            con.execute(f"INSERT INTO eval_texts SELECT prompt::VARCHAR FROM {reader}({sql_quote(f)})")
-        except duckdb.Error as e:
-            raise PipelineError(f"{f}: cannot read a `prompt` column ({_first_line(e)})") from None
+            texts += _eval_file_texts(f, form)
+        except PipelineError as e:
+            raise PipelineError(f"clean.decontam_files: {e}") from None
+    con.register("eval_files_arrow", pa.table({"text": pa.array(texts, pa.string())}))
+    con.execute("INSERT INTO eval_texts SELECT text FROM eval_files_arrow")
+    con.unregister("eval_files_arrow")
+
+
+def _eval_file_texts(f: EvalFileConfig, form: str) -> list[str]:
+    """One eval set's prompts, each its user turns joined by newlines, as eval_texts holds the run's."""
+    column = f.messages or f.prompt
+    spec = InputConfig(path=f.path, prompt=f.prompt, messages=f.messages)
+    texts, found = [], False
+    for line, row in traces.read_records(f):
+        try:
+            if isinstance(row, RowError):
+                raise row
+            value = traces.lookup(row, column)
+            if value is traces.MISSING:
+                continue
+            found = True
+            prompt = prepare.to_prompt({column: value}, spec, form)
+        except RowError as e:
+            raise PipelineError(f"{f.path}:{line}: {e}") from None
+        if prompt is not None:
+            texts.append("\n".join(m["content"] for m in prompt["messages"] if m["role"] == "user"))
+    if not found:  # a misspelt column would make the set silently empty
+        raise PipelineError(f"{f.path}: no row has '{column}'")
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------

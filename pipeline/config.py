@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -134,6 +135,8 @@ class InputConfig:
 
 
 TASKS = ("math", "exact", "choice", "tool")
+# What format `auto` reads a file as, by its suffix; any other name is a Hugging Face dataset.
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 
 
 @dataclass
@@ -301,6 +304,27 @@ RULES = ("truncated", "unclosed_reasoning", "empty_answer", "garbled", "repetiti
 
 
 MEMORY = r"([\d.]+)\s*([KMGT]i?B)"
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"  # the project's own rules
+
+
+@dataclass
+class EvalFileConfig:
+    """An eval set of clean.decontam_files, its prompt found as an input's is: `prompt` (text) or
+    `messages` (a chat; only its user turns count), each a dotted path into the row."""
+
+    path: str = ""  # JSONL, JSON array, Parquet or CSV file, a saved HF dataset directory, or a hub id (online)
+    format: str = "auto"  # auto (by suffix), jsonl, json, parquet, csv or hf
+    hf_split: str = "test"  # which split of a Hugging Face dataset to read (benchmarks publish theirs as test)
+    prompt: str = "prompt"  # column with the prompt text (ignored when messages is set)
+    messages: str = ""  # column with chat messages [{role, content}, ...] instead of prompt text
+    records: str = ""  # json: the dotted key of the records' list in a JSON object ("" = the file is an array)
+
+    FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "hf")
+
+    def __post_init__(self):
+        _check(bool(self.path), "path", "is required")
+        _check(self.format in self.FORMATS, "format", "|".join(self.FORMATS))
+        _check(not self.records or self.format in ("auto", "json"), "records", "only for a JSON document (format json)")
 
 
 @dataclass
@@ -308,7 +332,7 @@ class CleanConfig:
     """Every rule is a file sql/<rule>.sql; `rules` lists those that run, in order."""
 
     rules: list[str] = field(default_factory=lambda: list(RULES))  # drop one to switch it off; add your own
-    sql_dir: str = "sql"  # where the rule files live (relative to the working directory)
+    sql_dir: str = str(SQL_DIR)  # where the rule files live; default: the project's sql/
     min_tokens: int = 1  # completions shorter than this are dropped
     max_tokens: int = 32768  # and longer than this
     max_unprintable_share: float = 0.01  # share of format/private-use/unassigned characters tolerated
@@ -318,7 +342,8 @@ class CleanConfig:
     keep_incorrect: bool = False  # False keeps only verified-correct traces (rejection sampling)
     decontam_ngram: int = 8  # word n-gram shared with an eval prompt marks a train prompt (open-r1: 8)
     decontam_max_prompt_share: float = 0.05  # n-grams in more train prompts than this are shared instructions, not leaks
-    decontam_files: list[str] = field(default_factory=list)  # extra eval sets: JSONL/Parquet/CSV with a `prompt` column
+    # extra eval sets: a file with a `prompt` column, or a mapping {path, format, prompt | messages, ...}
+    decontam_files: list[EvalFileConfig | str] = field(default_factory=list)
     near_dup_threshold: float = 0.8  # estimated Jaccard of word shingles above which samples are near duplicates
     near_dup_shingle: int = 5  # words per shingle
     near_dup_num_perm: int = 64  # MinHash signature length (bins); Jaccard estimate error ~0.05 at 0.8
@@ -329,6 +354,8 @@ class CleanConfig:
     threads: int = 0  # DuckDB threads; 0 = all cores
 
     def __post_init__(self):
+        # a bare path is shorthand for {path: ..., prompt: prompt}: the rule reads one kind
+        self.decontam_files = [EvalFileConfig(path=f) if isinstance(f, str) else f for f in self.decontam_files]
         _check(len(set(self.rules)) == len(self.rules), "rules", "has repeats")
         _check(all(r.isidentifier() for r in self.rules), "rules", "each a file name stem (letters, digits, _)")
         _check(self.min_tokens >= 0, "min_tokens", ">= 0")
@@ -507,23 +534,61 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     cfg.file = str(path)
+    _resolve_paths(cfg, path.parent.resolve())
     return cfg
+
+
+# A Hugging Face hub dataset id: owner/name.
+HUB_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """The data files a config names are relative to its own folder, not to wherever `distill`
+    runs, so every stage and manifest sees the same absolute paths. run.artifacts_dir stays
+    relative to the working directory: runs go where the command is given."""
+    for spec in [*cfg.prepare.inputs, *cfg.traces.inputs, *cfg.clean.decontam_files]:
+        spec.path = _beside(base, spec.path, spec.format)
+    cfg.clean.sql_dir = _beside(base, cfg.clean.sql_dir)
+
+
+def _beside(base: Path, path: str, fmt: str = "") -> str:
+    """`path` under `base` unless absolute, or (for a dataset input) an owner/name that is no local
+    path and no file name `auto` would read: a hub id, left for the datasets library."""
+    if Path(path).is_absolute():
+        return path
+    local = base / path
+    hub = fmt == "hf" or (fmt == "auto" and Path(path).suffix.lower() not in SUFFIX_FORMATS)
+    if hub and not local.exists() and HUB_ID.fullmatch(path):
+        return path
+    return os.path.normpath(local)
 
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.learning_rate=1e-5")
-    node = raw
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{path}: --set {key}: {p} is not a section")
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        value = yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: {value!r} is not a YAML value ({getattr(e, 'problem', e)})") from None
+    node = raw
+    parts = key.split(".")
+    for i, p in enumerate(parts):
+        where = ".".join(parts[:i])
+        if isinstance(node, list):  # a number picks a list's entry: prepare.inputs.0.reference
+            if not (p.isdigit() and int(p) < len(node)):
+                has = f"has entries 0..{len(node) - 1}" if node else "has no entries"
+                raise ConfigError(f"{path}: --set {key}: {where} {has}, no entry {p!r}")
+            p = int(p)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{path}: --set {key}: {where} is not a section")
+        if i == len(parts) - 1:
+            node[p] = value
+        elif isinstance(node, dict):
+            # a number after a key the file leaves out indexes a list that has no entries yet
+            node = node.setdefault(p, [] if parts[i + 1].isdigit() else {})
+        else:
+            node = node[p]
 
 
 def _build(cls, data, prefix: str):
@@ -551,8 +616,8 @@ def _coerce(tp, value, key: str):
             return None
         options = [a for a in args if a is not type(None)]
         if len(options) > 1:  # e.g. a mapping or a list: the option of the value's own kind
-            kinds = {dict: dict, list: list}
-            options = [a for a in options if kinds.get(typing.get_origin(a) or a) is type(value)] or options[:1]
+            kinds = [dict if dataclasses.is_dataclass(a) else typing.get_origin(a) or a for a in options]
+            options = [a for a, kind in zip(options, kinds) if isinstance(value, kind)] or options[:1]
         return _coerce(options[0], value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")

@@ -5,7 +5,8 @@ prompts table (artifacts/<run>/prepare/prompts.parquet).
 
 Each row is mapped through its input's column mapping, cleaned (Unicode normalization, control
 characters, surrounding whitespace), keyed by a hash of its canonical messages, and dropped when
-empty or an exact duplicate. A bad row is a one-line error naming file and line, or with
+empty or an exact duplicate; a prompt given in train and in eval is kept in eval only, and
+counted. A bad row is a one-line error naming file and line, or with
 `on_error: skip` a row of prepare/rejects.parquet.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Iterator
 import click
 
 from pipeline import arithmetic, manifest, vehicle
-from pipeline.config import Config, InputConfig
+from pipeline.config import SUFFIX_FORMATS, Config, InputConfig
 from pipeline.errors import PipelineError
 from pipeline.files import open_parquet, write_table
 from pipeline.schema import PREPARE_REJECTS, PROMPTS
@@ -40,6 +41,7 @@ def run(cfg: Config) -> dict:
     counts: Counter = Counter()
     rejects: list[dict] = []
     kept: dict[str, dict] = {}
+    in_both: set[str] = set()  # prompt_ids given in train and in eval
 
     # Gather (where, line, row, spec) from every input; generated arithmetic problems first.
     sources = []
@@ -81,13 +83,20 @@ def run(cfg: Config) -> dict:
                 continue
             if prompt is None:
                 counts["dropped_empty"] += 1
-            elif prompt["prompt_id"] in kept:
-                counts["dropped_duplicate"] += 1
-            else:
+            elif (held := kept.get(prompt["prompt_id"])) is None:
                 kept[prompt["prompt_id"]] = prompt
+            else:
+                counts["dropped_duplicate"] += 1
+                if held["split"] != prompt["split"]:
+                    # a prompt trained on would score the student's memory: it stays in eval only,
+                    # with the eval input's row (its reference, task and source)
+                    in_both.add(prompt["prompt_id"])
+                    if prompt["split"] == "eval":
+                        kept[prompt["prompt_id"]] = prompt
 
     rows = list(kept.values())
     counts["kept"] = len(rows)
+    counts["in_both_splits"] = len(in_both)
     for r in rows:
         counts[f"split_{r['split']}"] += 1
     if not rows:
@@ -95,8 +104,8 @@ def run(cfg: Config) -> dict:
     write_table(PROMPTS, PROMPTS.from_pylist(rows), out_dir / "prompts.parquet")
     write_table(PREPARE_REJECTS, PREPARE_REJECTS.from_pylist(rejects), out_dir / "rejects.parquet")
     counts = {k: counts[k] for k in ("read", "rejected", "dropped_empty", "dropped_duplicate", "kept",
-                                     "split_train", "split_eval")}
-    click.echo("prepare: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+                                     "split_train", "split_eval", "in_both_splits")}
+    click.echo("prepare: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ": eval wins")
     if rejects:
         click.echo(f"prepare: {len(rejects)} rejected rows in {out_dir / 'rejects.parquet'}")
     return manifest.write(cfg, "prepare", started, counts)
@@ -127,7 +136,7 @@ def resolve_format(path: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     path = Path(path)
-    fmt = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         fmt = "hf" if path.is_dir() or not path.exists() else None
     if fmt is None:

@@ -34,6 +34,7 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -170,9 +171,8 @@ def _resolved_rows(spec: TraceInputConfig) -> list[tuple[int, dict | RowError]]:
     paths = [p for p in (spec.messages or spec.conversations or spec.prompt, spec.system, spec.tools, spec.reference,
                          spec.id, spec.source, spec.difficulty, spec.split_column, spec.completion, spec.reasoning,
                          spec.answer, spec.language, spec.model) if p]
-    fmt = _format(spec)
     rows, seen, first = [], set(), None
-    for line, row in _read_json(spec) if fmt == "json" else prepare.read_rows(spec.path, fmt, spec.hf_split):
+    for line, row in read_records(spec):
         if isinstance(row, dict):
             first = row if first is None else first
             row = {p: v for p in paths if (v := lookup(row, p)) is not MISSING}
@@ -182,6 +182,13 @@ def _resolved_rows(spec: TraceInputConfig) -> list[tuple[int, dict | RowError]]:
         if p not in seen:
             raise PipelineError(f"{spec.path}: no row has '{p}'{_near(first, p)}")
     return rows
+
+
+def read_records(spec) -> Iterator[tuple[int, dict | RowError]]:
+    """(line, row) of the file a trace input (or clean's eval set) names, as it is: a JSON document's
+    records, or what prepare reads."""
+    fmt = _format(spec)
+    return _read_json(spec) if fmt == "json" else prepare.read_rows(spec.path, fmt, spec.hf_split)
 
 
 def lookup(obj, path: str):

@@ -314,6 +314,30 @@ def test_decontamination_against_configured_eval_files(tmp_path):
         clean.run(cfg)
 
 
+def test_decontamination_against_eval_sets_mapped_like_inputs(tmp_path):
+    """decontam_files entries map their prompt as inputs do: a `question` column in JSONL, a chat in
+    Parquet (its user turns only), a dotted path into a JSON document's records; paths are the config's."""
+    copied = PROMPTS_ROWS[2]["messages"][0]["content"]  # cap's train prompt
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": copied}) + "\n")
+    pq.write_table(pa.table({"chat": [[{"role": "system", "content": PROMPTS_ROWS[5]["messages"][0]["content"]},
+                                       {"role": "user", "content": "Solve this one please."}],
+                                      [{"role": "user", "content": "Ava has 3 cards and gets 3 more. How many?"}]]}),
+                   tmp_path / "bench.parquet")
+    (tmp_path / "bench.json").write_text(json.dumps({"data": {"items": [
+        {"problem": {"text": "How many apples are left if Lena eats 4 of 10?"}}]}}))
+    files = ("[{path: bench.jsonl, prompt: question}, {path: bench.parquet, messages: chat},\n"
+             "                           {path: bench.json, records: data.items, prompt: problem.text}]")
+    _, cfg = _run(tmp_path, extra=f"rules: [contaminated]\n          decontam_files: {files}\n"
+                                  "          decontam_ngram: 6")
+    clean.run(cfg)
+    assert _rejects(cfg) == {**{f"cap-{i}": "contaminated" for i in range(3)},
+                             **{f"ok2-{i}": "contaminated" for i in range(3)},
+                             "zh-0": "contaminated", "leak-0": "contaminated"}
+    _, cfg = _run(tmp_path / "m", extra="rules: [contaminated]\n          decontam_files: [{path: ../bench.jsonl}]")
+    with pytest.raises(Exception, match="clean.decontam_files: .*bench.jsonl: no row has 'prompt'"):
+        clean.run(cfg)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
 def test_decontamination_matches_a_naive_reference(n):
     """The rule cuts only suspects (prompts sharing a sampled k-gram) into n-grams; it must drop

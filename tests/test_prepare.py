@@ -1,6 +1,9 @@
 """prepare: every input format and mapping, cleaning counts, and every bad input as a one-line
 error that leaves no output (or, with --on-error skip, a rejects row)."""
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,7 +13,7 @@ from click.testing import CliRunner
 from pipeline import arithmetic, config, prepare
 from pipeline.cli import main
 from pipeline.schema import PREPARE_REJECTS, PROMPTS
-from tests.conftest import write_config
+from tests.conftest import ROOT, write_config
 
 
 def _config(tmp_path, inputs: str, extra: str = ""):
@@ -146,3 +149,50 @@ def _solve(question: str) -> int:
         elif m := re.search(r"multiplied by (\d+)", sentence):
             total *= int(m[1])
     return total
+
+
+def test_relative_inputs_are_read_beside_the_config_from_any_directory(tmp_path):
+    """`distill prepare conf/run.yaml` from another directory reads the config's own data files;
+    the run lands under run.artifacts_dir relative to where the command is given."""
+    (tmp_path / "conf/data").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "conf/data/p.jsonl").write_text(json.dumps({"q": "What is 3+4?"}) + "\n")
+    (tmp_path / "conf/data/other.jsonl").write_text(json.dumps({"q": "What is 5+6?", "a": "11"}) + "\n")
+    write_config(tmp_path / "conf/run.yaml", """
+        run: {name: t}
+        prepare: {inputs: [{path: data/p.jsonl, prompt: q}]}
+        """)
+    r = _prepare_in(tmp_path / "work", "../conf/run.yaml")
+    assert r.returncode == 0, r.stderr
+    out = pq.read_table(tmp_path / "work/artifacts/t/prepare/prompts.parquet").to_pylist()
+    assert out[0]["messages"][0]["content"] == "What is 3+4?"
+    m = json.loads((tmp_path / "work/artifacts/t/prepare/manifest.json").read_text())
+    assert m["config"]["prepare"]["inputs"][0]["path"] == str(tmp_path / "conf/data/p.jsonl")
+    # --set reaches the list's entry, and its path is the config's too
+    r = _prepare_in(tmp_path / "work", "../conf/run.yaml", "--set", "prepare.inputs.0.path=data/other.jsonl",
+                    "--set", "prepare.inputs.0.reference=a")
+    assert r.returncode == 0, r.stderr
+    out = pq.read_table(tmp_path / "work/artifacts/t/prepare/prompts.parquet").to_pylist()
+    assert out[0]["messages"][0]["content"] == "What is 5+6?" and out[0]["reference"] == "11"
+
+
+def _prepare_in(cwd, *args):
+    """`distill prepare ARGS` in a fresh process in `cwd`, this checkout's pipeline imported."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "prepare", *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_prompt_in_both_splits_is_counted_and_kept_in_eval(tmp_path):
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"q": "What is 1+1?", "a": "2"}, {"q": "Shared problem?", "a": "train answer"}]))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"q": "  Shared problem?", "a": "eval answer"}, {"q": "What is 2+2?", "a": "4"}]))
+    cfg = _config(tmp_path, """    - {path: train.jsonl, prompt: q, reference: a}
+            - {path: eval.jsonl, prompt: q, reference: a, split: eval}""")
+    result = _invoke(cfg)
+    assert result.exit_code == 0, result.output
+    assert "dropped_duplicate 1, kept 3, split_train 1, split_eval 2, in_both_splits 1: eval wins" in result.output
+    shared = [r for r in _prompts(tmp_path) if r["messages"][0]["content"] == "Shared problem?"]
+    assert [(r["split"], r["reference"], r["source"]) for r in shared] == [("eval", "eval answer", "eval.jsonl")]
+    m = json.loads((tmp_path / "artifacts/t/prepare/manifest.json").read_text())
+    assert m["counts"]["in_both_splits"] == 1 and m["counts"]["split_eval"] == 2
