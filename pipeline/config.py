@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import math
 import os
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,11 +234,30 @@ class OpenAIConfig:
     concurrency: int = 16  # requests in flight at once
     timeout_s: float = 600.0  # per request; long reasoning traces take minutes
     max_retries: int = 6  # on 429, 5xx and timeouts, with exponential backoff
+    # openai-chat: ask for top_k logprobs (vLLM gives them); false for APIs that refuse the fields
+    # (the DeepSeek API's reasoner): the run is then text-only
+    logprobs: bool = True
+    # plain http:// to another host sends prompts and the API key readable on the way; true allows it
+    allow_insecure_http: bool = False
 
     def __post_init__(self):
         _check(self.concurrency >= 1, "concurrency", ">= 1")
         _check(_finite(self.timeout_s) and self.timeout_s > 0, "timeout_s", "a finite number > 0")
         _check(self.max_retries >= 0, "max_retries", ">= 0")
+        url = urllib.parse.urlsplit(self.base_url)
+        _check(url.scheme in ("http", "https") and bool(url.hostname), "base_url",
+               f"{self.base_url!r} is not an http:// or https:// URL")
+        _check(url.scheme == "https" or self.allow_insecure_http or _loopback(url.hostname), "base_url",
+               f"{self.base_url} is plain http to another host (prompts and API key unencrypted); use https:// "
+               "or set allow_insecure_http: true")
+
+
+def _loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves the machine."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # Published sampling settings per teacher; a field left unset in the YAML takes its preset's value.
@@ -256,7 +277,9 @@ PRESETS = {
 @dataclass
 class GenerateConfig:
     preset: str = "default"  # sampling defaults of a known teacher: default, deepseek-r1, smollm2
-    backend: str = "vllm"  # vllm (offline engine in this process) or openai (a served endpoint)
+    # vllm (offline engine in this process), openai (a served /v1/completions, token ids in) or
+    # openai-chat (a chat API, messages in: top-k when the server returns logprobs, else text only)
+    backend: str = "vllm"
     n: int = 1  # samples per prompt
     temperature: float | None = None  # None: the preset's
     top_p: float | None = None  # None: the preset's
@@ -285,7 +308,12 @@ class GenerateConfig:
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        _check(self.backend in ("vllm", "openai"), "backend", "vllm or openai")
+        _check(self.backend in ("vllm", "openai", "openai-chat"), "backend", "vllm, openai or openai-chat")
+        # a chat reply's text is split on </think>, as `distill import` splits traces
+        _check(self.backend != "openai-chat" or self.think_end in ("", "</think>"), "think_end",
+               "'</think>' or '' (no reasoning) with backend openai-chat")
+        _check(self.openai.logprobs or self.backend == "openai-chat", "openai.logprobs",
+               "false only with backend openai-chat (the other backends need the top-k)")
         _check(self.n >= 1, "n", ">= 1")
         _check(_finite(self.temperature) and self.temperature >= 0, "temperature", "a finite number >= 0")
         _check(0 < self.top_p <= 1, "top_p", "in (0, 1]")

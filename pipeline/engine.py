@@ -1,5 +1,6 @@
 """Teacher backends for `generate`: each turns rendered prompts into finished Completions with the
-teacher's top-k logprobs as numpy arrays, yielding requests as they finish.
+teacher's top-k logprobs as numpy arrays, yielding requests as they finish; a chat API that
+returns no logprobs gives TextCompletions (text and token counts only) instead.
 
 VLLMTeacher drives vLLM's offline engine step by step, keeping at most `max_in_flight` prompts
 inside it, so memory does not grow with the number of prompts. It asks for vLLM's fast logprobs
@@ -189,22 +190,23 @@ class VLLMTeacher:
                 yield prompt, text, payload, completions(out, payload, seed, time.time() - t0)
 
 
-class OpenAITeacher:
-    """Any OpenAI-compatible /v1/completions endpoint (a `vllm serve` of R1 on another node).
-
-    Prompts go as token ids, so the stored prompt ids are exactly what the server saw; candidates
-    come back as "token_id:N" (`return_tokens_as_token_ids`). Bounded concurrency; 429, 5xx and
-    timeouts are retried with exponential backoff."""
+class ServedTeacher:
+    """What the served backends share: the endpoint and its key, the model name, POSTs retried
+    with exponential backoff on 429, 5xx and timeouts, the preset's sampling, token strings made
+    ids, and at most `concurrency` requests open. A subclass turns one prompt into a reply (`_one`)."""
 
     RETRY_STATUS = {429, 500, 502, 503, 504}
+    PATH = ""  # the endpoint under base_url
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, tokenizer=None):
         import os
 
         self.cfg = cfg
+        self.tokenizer = tokenizer
         o = cfg.generate.openai
-        self.url = o.base_url.rstrip("/") + "/completions"
+        self.url = o.base_url.rstrip("/") + self.PATH
         self.headers = {"Content-Type": "application/json"}
+        # The key lives only in this header: never in the config, settings, manifests or messages.
         if os.environ.get(o.api_key_env):
             self.headers["Authorization"] = f"Bearer {os.environ[o.api_key_env]}"
         self.model = o.model or self._first_model(o.base_url.rstrip("/") + "/models")
@@ -237,35 +239,53 @@ class OpenAITeacher:
             raise PipelineError(f"{url}: the server lists no models; set generate.openai.model")
         return models[0]["id"]
 
-    def _one(self, prompt: dict, text: str, ids: list[int]):
+    def _sampling(self, prompt: dict, ids: list[int]) -> tuple[int | None, dict]:
+        """(seed, request fields) of the preset's sampling for one prompt."""
         from pipeline.generate import prompt_seed
 
         g = self.cfg.generate
         seed = prompt_seed(self.cfg.run.seed, prompt["prompt_id"], g.n) if g.per_request_seed else None
         temperature, top_p = sampling_of(prompt, g)
-        body = {"model": self.model, "prompt": ids, "n": g.n, "temperature": temperature, "top_p": top_p,
-                "max_tokens": min(g.max_new_tokens, g.engine.max_model_len - len(ids)), "logprobs": g.top_k,
-                "return_tokens_as_token_ids": True, "skip_special_tokens": False}
+        body = {"model": self.model, "n": g.n, "temperature": temperature, "top_p": top_p,
+                "max_tokens": min(g.max_new_tokens, g.engine.max_model_len - len(ids))}
         if seed is not None:
             body["seed"] = seed
-        t0 = time.time()
-        reply = self._post(self.url, body)
-        latency = time.time() - t0
-        completions = []
-        for choice in sorted(reply["choices"], key=lambda c: c["index"]):
-            lp = choice["logprobs"]
-            token_ids = [int(t.split(":", 1)[1]) for t in lp["tokens"]]
-            top = [sorted(((int(t.split(":", 1)[1]), v) for t, v in d.items()), key=lambda x: -x[1])[:g.top_k]
-                   for d in lp["top_logprobs"]]
-            if any(len(row) < g.top_k for row in top):
-                raise PipelineError(f"{self.url}: fewer than top_k={g.top_k} candidates returned; the server's "
-                                    "--max-logprobs must be at least top_k")
-            completions.append(Completion(
-                token_ids, np.asarray(lp["token_logprobs"], dtype=np.float32),
-                np.asarray([[i for i, _ in row] for row in top], dtype=np.int64),
-                np.asarray([[v for _, v in row] for row in top], dtype=np.float32),
-                choice["finish_reason"], None if seed is None else seed + choice["index"], latency))
-        return prompt, text, ids, completions
+        return seed, body
+
+    def _topk(self, tokens: list[str], sampled: list[float], candidates: list[list[tuple[str, float]]],
+              asked: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """(token ids, sampled logprobs [P], top-k ids [P, k], top-k logprobs [P, k]) from a reply's
+        tokens, their logprobs and each position's (token, logprob) candidates, `asked` of them
+        requested. Candidates are sorted here: no server promises their order."""
+        k = self.cfg.generate.top_k
+        ids = self._token_ids(tokens + [t for row in candidates for t, _ in row])
+        token_ids, rest = ids[:len(tokens)], iter(ids[len(tokens):])
+        top = [sorted(((next(rest), v) for _, v in row), key=lambda x: -x[1])[:k] for row in candidates]
+        if any(len(row) < k for row in top):
+            raise PipelineError(f"{self.url}: fewer than top_k={k} candidates returned; the server's "
+                                f"--max-logprobs must be at least {asked}")
+        return (token_ids, np.asarray(sampled, dtype=np.float32),
+                np.asarray([[i for i, _ in row] for row in top], dtype=np.int64).reshape(len(top), k),
+                np.asarray([[v for _, v in row] for row in top], dtype=np.float32).reshape(len(top), k))
+
+    def _token_ids(self, tokens: list[str]) -> list[int]:
+        """vLLM's "token_id:N" strings (return_tokens_as_token_ids) as ids; any other token string
+        looked up in the teacher's vocabulary, one that is not there a one-line error."""
+        ids = [int(t[9:]) if t.startswith("token_id:") else None for t in tokens]
+        strings = [t for t, i in zip(tokens, ids) if i is None]
+        if not strings:
+            return ids
+        tok = self.tokenizer
+        found = iter(tok.convert_tokens_to_ids(strings))
+        for n, i in enumerate(ids):
+            if i is None:
+                i = next(found)
+                if i is None or (i == tok.unk_token_id and tokens[n] != tok.unk_token):
+                    raise PipelineError(f"{self.url}: the server returned token {tokens[n]!r}, which is not in the "
+                                        "teacher's vocabulary: top-k needs the teacher's token ids (a vLLM server "
+                                        "returns them)")
+                ids[n] = i
+        return ids
 
     def generate(self, todo: Iterable[tuple[dict, str, list[int]]]) -> Iterator[tuple[dict, str, list[int], list]]:
         """Like VLLMTeacher.generate: at most `concurrency` requests open, yielded as they finish."""
@@ -283,3 +303,134 @@ class OpenAITeacher:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for f in finished:
                     yield f.result()
+
+
+class OpenAITeacher(ServedTeacher):
+    """Any OpenAI-compatible /v1/completions endpoint (a `vllm serve` of R1 on another node).
+
+    Prompts go as token ids, so the stored prompt ids are exactly what the server saw; candidates
+    come back as "token_id:N" (`return_tokens_as_token_ids`)."""
+
+    PATH = "/completions"
+
+    def _one(self, prompt: dict, text: str, ids: list[int]):
+        g = self.cfg.generate
+        seed, body = self._sampling(prompt, ids)
+        body.update(prompt=ids, logprobs=g.top_k, return_tokens_as_token_ids=True, skip_special_tokens=False)
+        t0 = time.time()
+        reply = self._post(self.url, body)
+        latency = time.time() - t0
+        completions = []
+        for choice in sorted(reply["choices"], key=lambda c: c["index"]):
+            lp = choice["logprobs"]
+            arrays = self._topk(lp["tokens"], lp["token_logprobs"], [list(d.items()) for d in lp["top_logprobs"]],
+                                g.top_k)
+            completions.append(Completion(*arrays, choice["finish_reason"],
+                                          None if seed is None else seed + choice["index"], latency))
+        return prompt, text, ids, completions
+
+
+@dataclass
+class TextCompletion:
+    """A chat reply that came without logprobs: its generations columns (reasoning, answer,
+    reasoning_closed, think_end_count, think_end_index, completion_tokens, reasoning_tokens,
+    answer_tokens), and no top-k."""
+
+    columns: dict
+    finish_reason: str
+    seed: int | None
+    latency_s: float
+
+
+class OpenAIChatTeacher(ServedTeacher):
+    """Any chat API's /v1/chat/completions: the DeepSeek API, a hosted reasoning model, or vLLM.
+
+    Prompts go as messages (the teacher-only context and the preset's system rule applied, tools
+    as `tools`); the server renders them. With `openai.logprobs` the top-k is asked for, and vLLM
+    answers with "token_id:N" tokens: the reply becomes a Completion like the other backends'.
+    A reply without logprobs becomes a TextCompletion: reasoning from `reasoning_content`
+    (DeepSeek) or `reasoning` (vLLM's reasoning parser), else from `<think>...</think>` in the
+    content; token counts from `usage`, else the teacher tokenizer's count of the text."""
+
+    PATH = "/chat/completions"
+
+    def __init__(self, cfg: Config, tokenizer):
+        from pipeline.render import context_of
+
+        super().__init__(cfg, tokenizer)
+        self.context = context_of(cfg)
+        think_end = cfg.generate.think_end
+        self.end_tokens = len(tokenizer.encode(think_end, add_special_tokens=False)) if think_end else 0
+
+    def _messages(self, prompt: dict) -> tuple[list[dict], list[dict] | None]:
+        """(messages, tools) as the teacher sees the prompt, in the chat API's form."""
+        import json
+
+        from pipeline.render import with_context
+
+        keep_system = self.cfg.generate.system_prompt
+        messages = [m for m in with_context(prompt, self.context)["messages"] if keep_system or m["role"] != "system"]
+        tools = json.loads(prompt["tools"]) if prompt["tools"] else None
+        if tools:  # prepare keeps bare function definitions as they came
+            tools = [t if t.get("type") == "function" else {"type": "function", "function": t} for t in tools]
+        return messages, tools
+
+    def _one(self, prompt: dict, text: str, ids: list[int]):
+        g = self.cfg.generate
+        seed, body = self._sampling(prompt, ids)
+        body["messages"], tools = self._messages(prompt)
+        if tools:
+            body["tools"] = tools
+        if g.openai.logprobs:
+            # vLLM lists the sampled token first among a chat reply's top_logprobs, so k of them
+            # can miss the k-th best: k + 1, sorted, hold the top k.
+            body.update(logprobs=True, top_logprobs=g.top_k + 1, return_tokens_as_token_ids=True)
+        t0 = time.time()
+        reply = self._post(self.url, body)
+        latency = time.time() - t0
+        choices = sorted(reply["choices"], key=lambda c: c["index"])
+        usage = (reply.get("usage") or {}) if len(choices) == 1 else {}  # usage sums the request's n samples
+        completions = []
+        for choice in choices:
+            sample_seed = None if seed is None else seed + choice["index"]
+            finish = choice["finish_reason"]
+            positions = (choice.get("logprobs") or {}).get("content")
+            if positions:
+                arrays = self._topk([p["token"] for p in positions], [p["logprob"] for p in positions],
+                                    [[(c["token"], c["logprob"]) for c in p["top_logprobs"]] for p in positions],
+                                    g.top_k + 1)
+                completions.append(Completion(*arrays, finish, sample_seed, latency))
+            else:
+                completions.append(TextCompletion(self._columns(choice["message"], finish, usage), finish,
+                                                  sample_seed, latency))
+        return prompt, text, ids, completions
+
+    def _columns(self, message: dict, finish: str, usage: dict) -> dict:
+        """A reply's text as generations columns, split and counted as `distill import` does."""
+        import json
+
+        from pipeline.traces import _split
+
+        g = self.cfg.generate
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        content = message.get("content") or ""
+        if message.get("tool_calls"):  # parsed out by the server: as JSON in the answer, clean and eval score them
+            content = (content + "\n" if content else "") + json.dumps(message["tool_calls"], ensure_ascii=False)
+        if reasoning:
+            # no content after reasoning cut at max_tokens: the reasoning never closed
+            answer = None if finish == "length" and not content else content
+            reasoning, answer, closed, ends, _ = _split({"reasoning": reasoning, "answer": answer, "kind": ""}, False)
+        elif g.think_end:
+            reasoning, answer, closed, ends, _ = _split({"text": content}, bool(g.think_start))
+        else:
+            reasoning, answer, closed, ends = "", content, True, 0
+        encode = self.tokenizer.encode
+        reasoning_tokens = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") \
+            or len(encode(reasoning, add_special_tokens=False))
+        split = closed and ends > 0
+        answer_tokens = len(encode(answer, add_special_tokens=False)) + 1 if closed else 0  # + the final EOS
+        return {"reasoning": reasoning, "answer": answer, "reasoning_closed": closed, "think_end_count": ends,
+                "think_end_index": reasoning_tokens if split else None, "reasoning_tokens": reasoning_tokens,
+                "answer_tokens": answer_tokens,
+                "completion_tokens": usage.get("completion_tokens")
+                or reasoning_tokens + (self.end_tokens if split else 0) + answer_tokens}

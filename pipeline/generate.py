@@ -10,7 +10,8 @@ is turned into arrays at once, and every `shard_size` samples become one pair of
 already on disk, so a killed job redoes at most one shard's work; a rerun whose settings would
 change the outputs refuses to mix into the existing ones. With --score, nothing is sampled: the
 teacher's top-k is attached to completions that already exist (the prompts' `completion` column)
-by teacher forcing, written to the same tables.
+by teacher forcing, written to the same tables. A chat API (backend openai-chat) gets messages
+instead; when it returns no logprobs the run is text-only: generations with no teacher_topk.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline import manifest, topk
 from pipeline.config import Config, section_hash
+from pipeline.engine import TextCompletion
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, atomic_path, read_table, write_json, write_table
 from pipeline.render import context_of, render, with_context
@@ -50,8 +52,8 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
     think_end_ids = _think_end_ids(tokenizer, gen.think_end)
 
     # Refuse to mix outputs of different settings into one run.
-    settings = {**output_settings(cfg, teacher), "mode": "score" if score else "sample"}
-    _check_settings(out / "settings.json", settings)
+    settings = _check_settings(out / "settings.json", {**output_settings(cfg, teacher),
+                                                       "mode": "score" if score else "sample"})
 
     # Prompts of this shard not yet on disk; rendered lazily, so memory holds ids only for the
     # prompts inside the engine.
@@ -67,16 +69,19 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
     stats = {"samples": 0, "tokens": 0, "seconds": 0.0, "bytes": 0}
     if pending:
         writer = ShardWriter(out, shard, gen.shard_size)
-        from pipeline.engine import OpenAITeacher, VLLMTeacher
+        from pipeline.engine import OpenAIChatTeacher, OpenAITeacher, VLLMTeacher
 
         if score and gen.backend != "vllm":
             raise PipelineError(f"{cfg.file}: --score needs generate.backend: vllm (prompt logprobs)")
-        engine = OpenAITeacher(cfg) if gen.backend == "openai" else VLLMTeacher(teacher["path"], cfg, score=score)
+        served = {"openai": OpenAITeacher, "openai-chat": OpenAIChatTeacher}.get(gen.backend)
+        engine = served(cfg, tokenizer) if served else VLLMTeacher(teacher["path"], cfg, score=score)
         rendered = _render(tokenizer, pending, gen, skipped, score, context_of(cfg))
         t0 = time.time()
         with _progress(total, len(done)) as bar:
             for prompt, text, ids, completions in (engine.score(rendered) if score else engine.generate(rendered)):
                 for i, c in enumerate(completions):
+                    if settings.get("topk") != (has_topk := not isinstance(c, TextCompletion)):
+                        settings = _record_topk(out / "settings.json", has_topk)
                     gen_row, topk_row = sample_rows(prompt, text, ids, i, c, tokenizer, think_end_ids, teacher["path"])
                     writer.add(gen_row, topk_row)
                     stats["tokens"] += gen_row["completion_tokens"]
@@ -90,6 +95,9 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
         click.echo(f"generate: {stats['samples']} samples, {stats['tokens']} tokens in {stats['seconds']:.1f}s "
                    f"({tps:.0f} tok/s), {writer.bytes / 1e6:.2f} MB written "
                    f"({writer.topk_bytes / max(stats['tokens'], 1):.1f} bytes of top-k per token)")
+        if settings.get("topk") is False:
+            click.echo("generate: no logprobs from the server: a text-only run with no teacher_topk sidecar; "
+                       "training on it will be SFT (kd_weight 0)")
 
     if skipped:
         click.echo(f"generate: {len(skipped)} prompts skipped (longer than max_model_len), listed in {out}/skipped-*.parquet")
@@ -103,8 +111,11 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
 
 
 def output_settings(cfg: Config, teacher: dict) -> dict:
+    """A chat API's run learns whether it has top-k from the server's first reply (_record_topk)."""
     gen = cfg.generate
+    known = {} if gen.backend == "openai-chat" and gen.openai.logprobs else {"topk": gen.backend != "openai-chat"}
     return {
+        **known,
         "teacher_weights_sha": teacher["weights_sha"], "tokenizer_sha": teacher["tokenizer_sha"],
         "vocab_sha": teacher["vocab_sha"], "n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
         "eval_temperature": gen.eval_temperature, "eval_top_p": gen.eval_top_p, "think_start": gen.think_start,
@@ -116,7 +127,8 @@ def output_settings(cfg: Config, teacher: dict) -> dict:
     }
 
 
-def _check_settings(path: Path, settings: dict) -> None:
+def _check_settings(path: Path, settings: dict) -> dict:
+    """The run's settings: these, plus what an earlier pass learnt (topk)."""
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("imported"):
@@ -126,8 +138,21 @@ def _check_settings(path: Path, settings: dict) -> None:
             k = changed[0]
             raise PipelineError(f"{path.parent}: holds samples generated with {k}={old.get(k)!r}, not {settings[k]!r}"
                                 f" ({len(changed)} setting(s) differ); use a new run name or delete that directory")
-    else:
-        write_json(path, settings)
+        return {**old, **settings}
+    write_json(path, settings)
+    return settings
+
+
+def _record_topk(path: Path, topk: bool) -> dict:
+    """Record whether the run has teacher top-k, as the server's reply shows; a run never mixes
+    samples with and without it (another shard's process may have recorded it first)."""
+    settings = json.loads(path.read_text())
+    if settings.get("topk", topk) != topk:
+        raise PipelineError(f"{path.parent}: holds samples {'with' if settings['topk'] else 'without'} teacher top-k "
+                            f"but the server now returns {'logprobs' if topk else 'none'}; use a new run name")
+    settings["topk"] = topk
+    write_json(path, settings)
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,22 +204,27 @@ def prompt_seed(run_seed: int, prompt_id: str, n: int) -> int:
 
 
 def sample_rows(prompt: dict, text: str, ids: list[int], idx: int, c, tokenizer, think_end_ids: list[int],
-                model: str) -> tuple[dict, dict]:
+                model: str) -> tuple[dict, dict | None]:
     """`c` has token_ids, token_logprobs [P], topk_ids [P, k], topk_logprobs [P, k], finish_reason,
-    seed and latency_s (see engine.Completion)."""
+    seed and latency_s (see engine.Completion), or is an engine.TextCompletion: its columns as they
+    are and no teacher_topk row."""
+    gen_row = {
+        "sample_id": f"{prompt['prompt_id']}-{idx}", "prompt_id": prompt["prompt_id"], "sample_idx": idx,
+        "split": prompt["split"], "prompt_text": text, "prompt_token_ids": ids, "prompt_tokens": len(ids),
+        "finish_reason": c.finish_reason, "model": model, "seed": c.seed, "latency_s": c.latency_s,
+    }
+    if isinstance(c, TextCompletion):
+        return {**gen_row, **c.columns}, None
     tokens = np.asarray(c.token_ids, dtype=np.int32)
     reasoning_ids, answer_ids, end_index, end_count = split_reasoning(tokens, think_end_ids)
     closed = end_index is not None or not think_end_ids
-    gen_row = {
-        "sample_id": f"{prompt['prompt_id']}-{idx}", "prompt_id": prompt["prompt_id"], "sample_idx": idx,
-        "split": prompt["split"], "prompt_text": text, "prompt_token_ids": ids,
+    gen_row.update({
         "reasoning": tokenizer.decode(reasoning_ids, skip_special_tokens=True),
         "answer": tokenizer.decode(answer_ids, skip_special_tokens=True) if closed else "",
         "reasoning_closed": closed, "think_end_count": end_count, "think_end_index": end_index,
-        "prompt_tokens": len(ids), "completion_tokens": len(tokens), "reasoning_tokens": len(reasoning_ids),
-        "answer_tokens": len(answer_ids) if closed else 0, "finish_reason": c.finish_reason, "model": model,
-        "seed": c.seed, "latency_s": c.latency_s,
-    }
+        "completion_tokens": len(tokens), "reasoning_tokens": len(reasoning_ids),
+        "answer_tokens": len(answer_ids) if closed else 0,
+    })
     topk_row = {"sample_id": gen_row["sample_id"], "token_ids": tokens, "token_logprobs": c.token_logprobs,
                 "topk_ids": c.topk_ids, "topk_logprobs": c.topk_logprobs}  # encoded per shard by topk.write_part
     return gen_row, topk_row
@@ -219,7 +249,8 @@ def split_reasoning(tokens: np.ndarray, think_end_ids: list[int]):
 
 
 class ShardWriter:
-    """Buffers rows; every shard_size samples writes teacher_topk then generations (the commit mark)."""
+    """Buffers rows; every shard_size samples writes teacher_topk (none in a text-only run) then
+    generations (the commit mark)."""
 
     def __init__(self, out: Path, shard: tuple[int, int], size: int):
         self.out, self.shard, self.size = out, shard, size
@@ -227,9 +258,10 @@ class ShardWriter:
         self.bytes = self.topk_bytes = 0
         self.seq = _next_seq(out, shard)
 
-    def add(self, gen_row: dict, topk_row: dict) -> None:
+    def add(self, gen_row: dict, topk_row: dict | None) -> None:
         self.gen_rows.append(gen_row)
-        self.topk_rows.append(topk_row)
+        if topk_row is not None:
+            self.topk_rows.append(topk_row)
         if len(self.gen_rows) >= self.size:
             self.flush()
 
@@ -238,11 +270,13 @@ class ShardWriter:
             return
         name = f"part-{self.shard[0]:03d}of{self.shard[1]:03d}-{self.seq:05d}.parquet"
         topk_path, gen_path = self.out / "teacher_topk" / name, self.out / "generations" / name
-        with atomic_path(topk_path) as tmp:
-            topk.write_part(self.topk_rows, tmp, TEACHER_TOPK.arrow_schema)
+        if self.topk_rows:
+            with atomic_path(topk_path) as tmp:
+                topk.write_part(self.topk_rows, tmp, TEACHER_TOPK.arrow_schema)
+            self.topk_bytes += topk_path.stat().st_size
+            self.bytes += topk_path.stat().st_size
         write_table(GENERATIONS, GENERATIONS.from_pylist(self.gen_rows), gen_path)
-        self.topk_bytes += topk_path.stat().st_size
-        self.bytes += topk_path.stat().st_size + gen_path.stat().st_size
+        self.bytes += gen_path.stat().st_size
         self.gen_rows, self.topk_rows = [], []
         self.seq += 1
 
@@ -299,7 +333,9 @@ def _finish_if_complete(cfg: Config, started: float, settings: dict, stats: dict
                  for p in parts)
     topk_bytes = sum(p.stat().st_size for p in (out / "teacher_topk").glob("part-*.parquet"))
     gen_bytes = sum(p.stat().st_size for p in parts)
+    # text_only: no teacher_topk (a chat API gave no logprobs): what a run can train is SFT
     counts = {"samples": len(done), "prompts_skipped": len(skipped), "completion_tokens": int(tokens),
+              "text_only": settings.get("topk") is False,
               "generations_bytes": gen_bytes, "teacher_topk_bytes": topk_bytes,
               "topk_bytes_per_candidate": round(topk_bytes / max(int(tokens) * gen.top_k, 1), 3)}
     return manifest.write(cfg, "generate", started, counts, settings=settings, last_pass=stats,
