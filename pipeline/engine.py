@@ -409,7 +409,7 @@ class OpenAIChatTeacher(ServedTeacher):
         """A reply's text as generations columns, split and counted as `distill import` does."""
         import json
 
-        from pipeline.traces import _split
+        from pipeline.reasoning import split_completion
 
         g = self.cfg.generate
         reasoning = message.get("reasoning_content") or message.get("reasoning")
@@ -419,9 +419,9 @@ class OpenAIChatTeacher(ServedTeacher):
         if reasoning:
             # no content after reasoning cut at max_tokens: the reasoning never closed
             answer = None if finish == "length" and not content else content
-            reasoning, answer, closed, ends, _ = _split({"reasoning": reasoning, "answer": answer, "kind": ""}, False)
+            reasoning, answer, closed, ends, _ = split_completion({"reasoning": reasoning, "answer": answer, "kind": ""}, False)
         elif g.think_end:
-            reasoning, answer, closed, ends, _ = _split({"text": content}, bool(g.think_start))
+            reasoning, answer, closed, ends, _ = split_completion({"text": content}, bool(g.think_start))
         else:
             reasoning, answer, closed, ends = "", content, True, 0
         encode = self.tokenizer.encode

@@ -43,10 +43,10 @@ from pipeline.config import Config, InputConfig, TraceInputConfig
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, remove, replace_dir, write_json, write_table
 from pipeline.prepare import RowError
+from pipeline.reasoning import THINK_END, THINK_START, split_completion
 from pipeline.render import render
 from pipeline.schema import GENERATIONS, PREPARE_REJECTS, PROMPTS
 
-THINK_START, THINK_END = "<think>", "</think>"
 # DeepSeek-R1's special tokens, spelt with U+FF5C fullwidth bars and U+2581 in their names.
 R1_TOKEN = re.compile("<｜[^｜<>\n]{1,40}｜>")
 R1_ASSISTANT, R1_END = "<｜Assistant｜>", "<｜end▁of▁sentence｜>"
@@ -113,7 +113,7 @@ def run(cfg: Config) -> dict:
         for pid, prompt in prompts.items():
             text, ids = render(tokenizer, prompt, cfg.generate.system_prompt, cfg.generate.think_start)
             for idx, (c, opened, model) in enumerate(traces[pid]):
-                reasoning, answer, closed, ends, kind = _split(c, opened)
+                reasoning, answer, closed, ends, kind = split_completion(c, opened)
                 kinds.update({kind: 1, "unclosed": not closed, "template_tokens": c["template"],
                               "echoed_prompt": c["echo"]})
                 yield {"sample_id": f"{pid}-{idx}", "prompt_id": pid, "sample_idx": idx, "split": prompt["split"],
@@ -375,27 +375,6 @@ def _strip(c: dict, prompt: str) -> dict:
                 text, out["echo"] = text[len(prompt):].lstrip(), True
         out[key] = text
     return out
-
-
-def _split(c: dict, opened: bool) -> tuple[str, str, bool, int, str]:
-    """(reasoning, answer, closed, think-end count, convention) of one completion. Reasoning that
-    never closes has no answer: the trace was cut inside it. `opened`: the prompt opened the
-    reasoning, so a text without tags is reasoning cut short, not an answer."""
-    if "text" not in c:
-        if c["answer"] is None:
-            return c["reasoning"], "", False, 0, c["kind"]
-        return c["reasoning"], c["answer"], True, 1 + (c["reasoning"] + c["answer"]).count(THINK_END), c["kind"]
-    text = c["text"]
-    if text.startswith(THINK_START):
-        body, kind = text[len(THINK_START):], "think_tags"
-    elif THINK_END in text or opened:
-        body, kind = text, "no_opening_tag"
-    else:
-        return "", text, True, 0, "no_tags"
-    reasoning, end, answer = body.partition(THINK_END)
-    if not end:
-        return reasoning.lstrip(), "", False, 0, kind
-    return reasoning.lstrip(), answer, True, body.count(THINK_END), kind
 
 
 # ---------------------------------------------------------------------------------------------
