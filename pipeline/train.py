@@ -183,7 +183,7 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
     manifest.require(cfg, "clean")
     out = manifest.stage_dir(cfg, "train")
     student_dir, teacher_dir = Path(student or models["student"]["path"]), Path(models["teacher"]["path"])
-    if gen["counts"].get("text_only") and t.kd_weight > 0:  # a chat API that returned no logprobs
+    if gen.get("counts", {}).get("text_only") and t.kd_weight > 0:  # a chat API that returned no logprobs
         raise PipelineError(f"{cfg.file}: train.kd_weight={t.kd_weight}: the teacher's API returned no logprobs, so this "
                             "run has no top-k; train with kd_weight 0 (SFT on its text)")
     if gen.get("imported") and t.kd_weight > 0:
@@ -197,7 +197,7 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
     # byte alignment (crosstok), or with kd_weight 0 plain SFT on the re-tokenized text, which is
     # all that imported traces (text, no ids or top-k of the student's teacher) allow.
     same = crosstok.vocabulary_mismatch(teacher_dir, student_dir) is None
-    text_only = gen.get("imported") or gen["counts"].get("text_only")
+    text_only = gen.get("imported") or gen.get("counts", {}).get("text_only")
     mode = "text" if text_only else "same" if same else "cross" if t.kd_weight > 0 else "text"
     dataset, data_info = training_data(cfg, tokenizer, mode)
     click.echo(f"train: {data_info['samples']} samples, {data_info['completion_tokens']} completion tokens "
