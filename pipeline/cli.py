@@ -169,7 +169,7 @@ def clean_cmd(config_file, overrides):
 @click.option("--artifacts-dir", default="artifacts", show_default=True, help="where runs live")
 @_one_line_errors
 def sql_cmd(run_name, query, file, fmt, output, artifacts_dir):
-    """DuckDB over a run's tables (prompts, generations, teacher_topk, verdicts, clean, rejects, eval).
+    """DuckDB over a run's tables (prompts, generations, teacher_topk, verdicts, clean, rejects, eval, sweep).
 
     RUN is a run name under artifacts/ or a run directory. Without QUERY or --file: interactive.
     """
@@ -200,6 +200,16 @@ def train_cmd(config_file, overrides, resume, accelerate_config, dry_run):
     from pipeline import train
 
     train.run(config_mod.load(config_file, overrides), resume=resume)
+
+
+@main.command("sweep")
+@_config_args
+@_one_line_errors
+def sweep_cmd(config_file, overrides):
+    """Search train settings with Optuna on the cached train data (artifacts/<run>/sweep/), resumable."""
+    from pipeline import sweep
+
+    sweep.run(config_mod.load(config_file, overrides))
 
 
 @main.command("eval")

@@ -499,6 +499,75 @@ class EvalConfig:
         _check(self.latency_prompts >= 0, "latency_prompts", ">= 0")
 
 
+# Sweep objectives (measured on the eval split's traces by eval.teacher_fidelity) and their direction.
+OBJECTIVES = {"kl_per_byte": "minimize", "fidelity_kl": "minimize", "top1_agreement": "maximize"}
+
+
+@dataclass
+class SweepConfig:
+    """`distill sweep`: an Optuna search over train settings, every trial trained on the cached train data."""
+
+    trials: int = 8  # complete trials the study ends with; a rerun continues until there are this many
+    sampler: str = "tpe"  # tpe (learns from the trials so far) or grid (every combination of the choices)
+    # what a trial is judged by, on the eval split's traces with no vLLM: kl_per_byte, fidelity_kl or
+    # top1_agreement (accuracy is not one: it needs an engine per trial; `distill eval` the best)
+    objective: str = "kl_per_byte"
+    direction: str = ""  # minimize or maximize; "" = the objective's own (KL down, agreement up)
+    # train field -> {low, high, log} (integers if both bounds are) or {choices: [...]}
+    space: dict[str, dict] = field(default_factory=lambda: {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}})
+    # measure the objective after every epoch and stop a trial that is worse than the median of the
+    # earlier trials at that epoch (costs one pass over the eval traces per epoch)
+    prune: bool = False
+
+    def __post_init__(self):
+        _check(self.trials >= 1, "trials", ">= 1")
+        _check(self.sampler in ("tpe", "grid"), "sampler", "tpe or grid")
+        _check(self.objective in OBJECTIVES, "objective", f"{', '.join(OBJECTIVES)} (accuracy needs a vLLM engine per "
+               "trial: run `distill eval` on the best trial's model)")
+        self.direction = self.direction or OBJECTIVES[self.objective]
+        _check(self.direction in ("minimize", "maximize"), "direction", "minimize or maximize")
+        _check(bool(self.space), "space", "give at least one train field to search")
+        self.space = {name: _space_spec(name, spec, self.sampler) for name, spec in self.space.items()}
+        if self.sampler == "grid":
+            points = math.prod(len(spec["choices"]) for spec in self.space.values())
+            _check(self.trials <= points, "trials", f"the grid has {points} points; at most that many trials")
+
+
+SWEEPABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("output_dir", "extra"))
+
+
+def _space_spec(name: str, spec: dict, sampler: str) -> dict:
+    """A sweep.space entry checked and normalized: choices coerced to the train field's type, or
+    numeric bounds (int when both are ints), every value in the field's own range."""
+    key = f"space.{name}"
+    _check(name in SWEEPABLE, key, f"not a train field (those that can be searched: {', '.join(SWEEPABLE)})")
+    kind = typing.get_type_hints(TrainConfig)[name]
+    if "choices" in spec:
+        _check(set(spec) == {"choices"}, key, "choices comes alone: {choices: [...]} or {low, high, log}")
+        _check(isinstance(spec["choices"], list) and bool(spec["choices"]), key, "choices: a non-empty list")
+        values = [_coerce(kind, v, key) for v in spec["choices"]]
+        out = {"choices": values}
+    else:
+        _check({"low", "high"} <= set(spec) <= {"low", "high", "log"}, key,
+               "a spec is {low, high, log} or {choices: [...]}")
+        _check(sampler != "grid", key, "the grid sampler takes choices only")
+        _check(kind in (int, float), key, f"train.{name} is not a number: give choices")
+        integer = all(isinstance(spec[b], int) and not isinstance(spec[b], bool) for b in ("low", "high"))
+        low, high = (_coerce(int if integer else kind, spec[b], f"{key}.{b}") for b in ("low", "high"))
+        log = spec.get("log", False)
+        _check(isinstance(log, bool), f"{key}.log", "true or false")
+        _check(low < high, key, f"low ({low}) must be below high ({high})")
+        _check(not log or low > 0, key, "log needs low > 0")
+        values = [low, high]
+        out = {"low": low, "high": high, "log": log}
+    for value in values:
+        try:
+            TrainConfig(**{name: value})
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {value!r} is out of range ({str(e).split(': ', 1)[1]})") from None
+    return out
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -509,6 +578,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     traces: TracesConfig = field(default_factory=TracesConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     file: str = ""  # the YAML file this was loaded from (set by load, not by users)
 
     def __post_init__(self):

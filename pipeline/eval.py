@@ -221,7 +221,7 @@ def metrics(rows: list[dict], timing: dict, n: int) -> dict:
 # Fidelity on the teacher's held-out traces, from the cached top-k (no teacher forward pass).
 
 
-def teacher_fidelity(cfg: Config, model_dir: Path) -> dict | None:
+def teacher_fidelity(cfg: Config, model_dir: Path, model=None) -> dict | None:
     """How close a model is to the teacher on the eval split's traces.
 
     kl_per_byte, for any tokenizer: the mean over traces of (model NLL - teacher NLL) of the
@@ -231,7 +231,10 @@ def teacher_fidelity(cfg: Config, model_dir: Path) -> dict | None:
     bias. A model with the teacher's vocabulary reads the teacher's exact ids; another spells the
     same text in its own pieces (crosstok). fidelity_kl (same vocabulary only) is the per-token
     top-k KL with the training tail; top1_agreement compares argmaxes on the teacher's positions,
-    or across tokenizers on one-to-one aligned positions through the vocabulary map."""
+    or across tokenizers on one-to-one aligned positions through the vocabulary map.
+
+    `model`: weights already in memory (a sweep trial's model between epochs, on any device);
+    `model_dir` then gives only the tokenizer."""
     from transformers import AutoModelForCausalLM
 
     teacher_dir = Path(manifest.require(cfg, "models")["models"]["teacher"]["path"])
@@ -242,7 +245,8 @@ def teacher_fidelity(cfg: Config, model_dir: Path) -> dict | None:
     else:
         t_bytes = crosstok.token_bytes(tokenizer)
     prompts = {r["prompt_id"]: r for r in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     k = min(cfg.train.top_k, manifest.require(cfg, "generate")["settings"]["top_k"])
     per_byte, kl_sum, agree, positions, unaligned = [], 0.0, 0, 0, 0
     for _, prompt_id, prompt, tokens, sampled, ids, lps in topk.read_traces(
@@ -259,7 +263,8 @@ def teacher_fidelity(cfg: Config, model_dir: Path) -> dict | None:
             prompt = render(tokenizer, prompts[prompt_id], cfg.generate.system_prompt, cfg.generate.think_start)[1]
         text_bytes = sum(len(t_bytes[t]) for t in tokens.tolist() if t < len(t_bytes) and t_bytes[t])
         with torch.no_grad():
-            logits = model(torch.tensor([list(prompt) + completion])).logits[0, len(prompt) - 1:-1].float()
+            logits = model(torch.tensor([list(prompt) + completion], device=model.device)).logits[
+                0, len(prompt) - 1:-1].float().cpu()
         logprobs = torch.log_softmax(logits, -1)
         nll = -logprobs.gather(-1, torch.tensor(completion)[:, None]).sum().item()
         if text_bytes:

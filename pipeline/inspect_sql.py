@@ -5,7 +5,7 @@
     distill sql quickstart            # interactive prompt with the views defined
 
 Views (those whose files exist): prompts, prepare_rejects, generations, teacher_topk (encoded;
-see pipeline.topk), verdicts, clean, rejects, eval. Read-only for real: once the views are set up
+see pipeline.topk), verdicts, clean, rejects, eval, sweep. Read-only for real: once the views are set up
 the connection is locked with DuckDB's own settings (file access only inside the run directory,
 no extension install or load, configuration locked), a query must be one SELECT (or EXPLAIN), and
 --output is written from Python, so no query can change the run or read or write anything else.
@@ -34,6 +34,7 @@ VIEWS = {
     "clean": "clean/clean.parquet",
     "rejects": "clean/rejects.parquet",
     "eval": "eval/results.parquet",
+    "sweep": "sweep/sweep.parquet",
 }
 
 

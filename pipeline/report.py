@@ -47,7 +47,7 @@ def run(cfg: Config) -> dict:
     started = time.time()
     m = {s: manifest.read(cfg, s) for s in ("models", "prepare", "generate", "clean", "train", "eval")}
     sections = [_headline(m), _provenance(cfg, m), _generation(cfg, m), _cleaning(cfg, m), _traces(cfg, m),
-                _training(cfg, m), _comparison(cfg, m), _function_calling(m), _quality(cfg)]
+                _training(cfg, m), _comparison(cfg, m), _sweep(cfg), _function_calling(m), _quality(cfg)]
     body = "\n".join(sections)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>distill report: {html.escape(cfg.run.name)}"
             f"</title><style>{STYLE}</style></head><body><h1>Distillation run <code>{html.escape(cfg.run.name)}</code>"
@@ -201,6 +201,56 @@ def _comparison(cfg: Config, m: dict) -> str:
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return "<h2>Teacher, baseline, student (held-out prompts)</h2>" + _table(rows, ["model"] + keys) + _png(fig)
+
+
+def _sweep(cfg: Config) -> str:
+    """`distill sweep`'s trials, best first, and the metric against each numeric setting it tried."""
+    path = cfg.run_dir / "sweep" / "sweep.parquet"
+    if not path.is_file():
+        return ""
+    summary = json.loads((cfg.run_dir / "sweep" / "summary.json").read_text())
+    objective, sign = summary["objective"], 1 if summary["direction"] == "minimize" else -1
+    trials = pq.read_table(path).to_pylist()
+    for t in trials:
+        t["params"] = json.loads(t["params"])
+    trials.sort(key=lambda t: (t["state"] != "COMPLETE", t["metric"] is None, sign * (t["metric"] or 0), t["trial"]))
+    names = list(summary["space"])
+    rows = [{"trial": t["trial"], "state": t["state"], objective: "-" if t["metric"] is None else f"{t['metric']:.5g}",
+             "seconds": t["seconds"] or "-",
+             **{n: f"{v:.4g}" if isinstance(v := t["params"].get(n, "-"), float) else v for n in names}}
+            for t in trials]
+    best = summary["best"]
+    text = (f"<p>{summary['complete']} of {summary['trials']} trials complete; {html.escape(objective)} "
+            f"({summary['direction']}) on the eval split's traces, {summary['baseline']:.5g} for the untrained student."
+            + (f" <b>Best: trial {best['trial']}</b>, {html.escape(json.dumps(best['params']))}: {best['metric']:.5g}; "
+               f"its model: <code>{html.escape(best['model'])}</code>" if best else "") + "</p>")
+    complete = [t for t in trials if t["state"] == "COMPLETE" and abs(t["metric"]) != float("inf")]
+    numeric = [n for n in names if complete and all(isinstance(t["params"].get(n), (int, float))
+                                                    and not isinstance(t["params"].get(n), bool) for t in complete)]
+    plot = ""
+    if numeric:
+        fig, ax = _figure(3.2 * len(numeric) + 0.5, 3)
+        ax.remove()
+        for i, name in enumerate(numeric):
+            ax = fig.add_subplot(1, len(numeric), i + 1)
+            ax.scatter([t["params"][name] for t in complete], [t["metric"] for t in complete], color="#4c78a8")
+            if best:
+                ax.scatter([best["params"][name]], [best["metric"]], color="#e45756", marker="*", s=160, label="best")
+                ax.legend(fontsize=8)
+            spec = summary["space"][name]
+            if "low" in spec:  # the whole range searched, so the plot shows where in it the trials went
+                ax.set_xlim(spec["low"], spec["high"])
+            if spec.get("log"):
+                from matplotlib.ticker import NullFormatter
+
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within a decade
+            ax.set_xlabel(name)
+            ax.set_ylabel(objective if i == 0 else "")
+        fig.tight_layout()
+        plot = _png(fig)
+    return ("<h2>Sweep (<code>distill sweep</code>)</h2>" + text
+            + _table(rows, ["trial", "state", objective, "seconds", *names]) + plot)
 
 
 def _headline(m: dict) -> str:

@@ -200,5 +200,18 @@ EVAL_RESULTS = Table(
     ),
 )
 
+SWEEP = Table(
+    "sweep",
+    "One row per trial of `distill sweep`, best or not, in trial order (sweep/sweep.parquet).",
+    (
+        Column("trial", pa.int32(), "the trial's number in the study; its model is in sweep/trial-NNN/model"),
+        Column("params", pa.string(), "the train settings it tried, as a JSON object (field: value)"),
+        Column("metric", pa.float64(), "sweep.objective on the eval split's traces (null until complete; a pruned "
+               "trial's last per-epoch value)", True),
+        Column("state", pa.string(), "COMPLETE, PRUNED, FAIL (an error, a non-finite metric, or killed) or RUNNING"),
+        Column("seconds", pa.float64(), "training and measuring time (null while running or when failed)", True),
+    ),
+)
+
 TABLES = {t.name: t for t in (PROMPTS, PREPARE_REJECTS, GENERATIONS, TEACHER_TOPK, GENERATE_SKIPPED, VERDICTS, CLEAN,
-                              CLEAN_REJECTS, EVAL_RESULTS)}
+                              CLEAN_REJECTS, EVAL_RESULTS, SWEEP)}

@@ -174,8 +174,9 @@ def collate(pad_id: int, k: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
-    """`student`: another starting checkpoint than the models manifest's (the quality benchmark)."""
+def run(cfg: Config, resume: bool = False, student: Path | None = None, callbacks: list | None = None) -> dict:
+    """`student`: another starting checkpoint than the models manifest's (the quality benchmark);
+    `callbacks`: TrainerCallbacks added to the trainer's (a sweep's per-epoch measure and pruning)."""
     started = time.time()
     t = cfg.train
     models = manifest.require(cfg, "models")["models"]
@@ -210,7 +211,8 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
     if data_info["samples"] == 0:
         raise PipelineError(f"{cfg.run_dir / 'clean/clean.parquet'}: no train-split samples to learn from")
 
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
+    # set, not defaulted: a process that trains several models (a sweep, bench quality) logs each in its own
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.bfloat16 if t.bf16 else torch.float32)
     args = trainer_args(cfg, out / "checkpoints", report_to=["tensorboard"])
     peft_config = None
@@ -220,7 +222,8 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None) -> dict:
         peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     trainer = DistillTrainer(model, args, train_dataset=dataset, processing_class=tokenizer,
-                             data_collator=collate(tokenizer.pad_token_id or 0, t.top_k), peft_config=peft_config)
+                             data_collator=collate(tokenizer.pad_token_id or 0, t.top_k), peft_config=peft_config,
+                             callbacks=callbacks)
     latest = _latest_checkpoint(out / "checkpoints") if resume else None
     if resume and latest is None:
         click.echo("train: --resume given but no checkpoint yet; starting from the student", err=True)
