@@ -99,33 +99,41 @@ def _worker(mode: str, student: str, seq_len: int, steps: int, k: int, out: str)
             r["group_sizes"] = sizes.tolist()
             r["chunk_logprobs"] = np.where(sizes == 1, np.nan, -rng.random(len(sizes)) * 3).tolist()
     # The real path: train's memory-mapped Arrow file (its schema, written by its own writer), read
-    # through the Trainer's DataLoader and collated; fetching and collating are both timed.
+    # through the Trainer's own DataLoader and collated; every batch the loop waits for is timed.
     data_dir = Path(tempfile.mkdtemp())
     with pa.OSFile(str(data_dir / "data.arrow"), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
         writer.write_table(_to_arrow(rows))
+    dataset = Dataset.from_file(str(data_dir / "data.arrow"))
     data_time = [0.0]
 
-    class TimedDataset(torch.utils.data.Dataset):
+    class TimedLoader:
+        """The prepared DataLoader, with the time spent in next() (fetch + decode + collate) counted."""
+
         def __init__(self, inner):
             self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
 
         def __len__(self):
             return len(self.inner)
 
-        def __getitem__(self, i):
-            t = time.perf_counter()
-            row = self.inner[i]
-            data_time[0] += time.perf_counter() - t
-            return row
+        def __iter__(self):
+            it = iter(self.inner)
+            while True:
+                t = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                data_time[0] += time.perf_counter() - t
+                yield batch
 
-    dataset = TimedDataset(Dataset.from_file(str(data_dir / "data.arrow")))
-    base_collate = collate(tokenizer.pad_token_id or 0, k)
-
-    def timed_collate(batch):
-        t = time.perf_counter()
-        result = base_collate(batch)
-        data_time[0] += time.perf_counter() - t
-        return result
+    def timed(trainer_class):
+        class Timed(trainer_class):
+            def get_train_dataloader(self):
+                return TimedLoader(super().get_train_dataloader())
+        return Timed
 
     class Timer(TrainerCallback):
         def __init__(self):
@@ -144,13 +152,13 @@ def _worker(mode: str, student: str, seq_len: int, steps: int, k: int, out: str)
                              logging_steps=1000, remove_unused_columns=False, dataloader_num_workers=0,
                              dataset_kwargs={"skip_prepare_dataset": True}, learning_rate=1e-5,
                              bf16=gpu, use_cpu=not gpu)
-        trainer = (ChunkedCETrainer if mode == "ce" else DistillTrainer)(
-            model, args, train_dataset=dataset, processing_class=tokenizer, data_collator=timed_collate,
-            callbacks=[timer])
+        trainer = timed(ChunkedCETrainer if mode == "ce" else DistillTrainer)(
+            model, args, train_dataset=dataset, processing_class=tokenizer,
+            data_collator=collate(tokenizer.pad_token_id or 0, k), callbacks=[timer])
         started = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - started
-    # The collator runs between steps, outside on_step_begin/end: data share = its time / wall time.
+    # Batches are fetched between steps, outside on_step_begin/end: data share = their time / wall time.
     step = statistics.median(timer.times[1:]) if len(timer.times) > 1 else timer.times[0]
     # peak memory: the GPU's allocator peak there, the process's peak RSS on CPU
     peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

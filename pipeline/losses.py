@@ -46,16 +46,16 @@ def teacher_logprobs(topk_logprobs: torch.Tensor, temperature: float, tail: str,
     return torch.log_softmax(lp / temperature, dim=-1)
 
 
-def student_logprobs(logits: torch.Tensor, topk_ids: torch.Tensor, temperature: float, tail: str,
+def student_logprobs(log_probs: torch.Tensor, topk_ids: torch.Tensor, temperature: float, tail: str,
                      valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Student logits [N, V] and the teacher's top-k ids [N, k] (>= 0 where `valid`) -> the
-    student's logprobs on the same support as teacher_logprobs."""
-    logits = logits.float()
+    """The student's log-probabilities [N, V] (log_softmax of its logits: the one CE uses, so the
+    vocabulary-wide softmax is paid once) and the teacher's top-k ids [N, k] (>= 0 where `valid`)
+    -> the student's logprobs on the same support as teacher_logprobs."""
     ids = topk_ids if valid is None else topk_ids.clamp(min=0)
-    if tail == "renormalize":
-        z = logits.gather(-1, ids) / temperature
+    if tail == "renormalize":  # a softmax over k ignores the shift from logits to log-probs
+        z = log_probs.gather(-1, ids) / temperature
         return torch.log_softmax(z if valid is None else z.masked_fill(~valid, MASKED), dim=-1)
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, ids)
+    lp = log_probs.gather(-1, ids)
     if valid is not None:
         lp = lp.masked_fill(~valid, MASKED)
     return torch.log_softmax(_with_tail(lp) / temperature, dim=-1)
@@ -92,7 +92,7 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor, topk_ids: torch.Ten
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     ce = -log_probs.gather(-1, labels[:, None]).squeeze(-1)
     valid = topk_ids >= 0
-    kd = divergence(student_logprobs(logits, topk_ids, temperature, tail, valid),
+    kd = divergence(student_logprobs(log_probs, topk_ids, temperature, tail, valid),
                     teacher_logprobs(topk_logprobs, temperature, tail, valid), kind, beta) * temperature**2
     with torch.no_grad():
         teacher_mass = topk_logprobs.float().exp().masked_fill(~valid, 0).sum(-1)

@@ -253,6 +253,10 @@ def dry_run(cfg: Config) -> None:
     align (one-to-one, within a group, not at all) on up to 200 train traces, or on the prepared
     prompts' text when there are no traces yet. Models that are not local are reported and skipped."""
     m = manifest.read(cfg, "models")
+    if m is not None and not manifest.is_fresh(cfg, "models"):
+        click.echo(f"tokenizers:     the models stage ran with another models section: run `distill models {cfg.file}` "
+                   "(with the same --set) first; pair not checked")
+        return
     paths = {role: Path(m["models"][role]["path"]) for role in ("teacher", "student")} if m else \
         {"teacher": Path(cfg.models.teacher), "student": Path(cfg.models.student)}
     for role, path in paths.items():

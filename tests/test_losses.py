@@ -57,7 +57,7 @@ def _naive(student_logits, top_ids, top_lp, temperature, kind, beta, tail):
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_full_vocabulary_equals_dense_divergence(kind, beta, temperature):
     teacher, student, ids, lp = _case()
-    s = losses.student_logprobs(student, ids, temperature, "renormalize")
+    s = losses.student_logprobs(torch.log_softmax(student, -1), ids, temperature, "renormalize")
     t = losses.teacher_logprobs(lp, temperature, "renormalize")
     got = losses.divergence(s, t, kind, beta).double() * temperature**2
     p = torch.log_softmax(teacher / temperature, -1)
@@ -71,7 +71,7 @@ def test_full_vocabulary_equals_dense_divergence(kind, beta, temperature):
         dense = beta * (p.exp() * (p - m)).sum(-1) + (1 - beta) * (q.exp() * (q - m)).sum(-1)
     torch.testing.assert_close(got, dense * temperature**2, atol=1e-5, rtol=1e-5)
     # the tail bucket is empty when k = V: the same value
-    s_b = losses.student_logprobs(student, ids, temperature, "bucket")
+    s_b = losses.student_logprobs(torch.log_softmax(student, -1), ids, temperature, "bucket")
     t_b = losses.teacher_logprobs(lp, temperature, "bucket")
     torch.testing.assert_close(losses.divergence(s_b, t_b, kind, beta).double() * temperature**2,
                                dense * temperature**2, atol=1e-4, rtol=1e-4)
@@ -96,7 +96,7 @@ def test_matches_trl_server_distillation_divergence(beta, tail):
     from trl.experimental.server_distillation.server_distillation_trainer import _jsd_divergence
 
     _, student, ids, lp = _case(seed=2, k=6)
-    s = losses.student_logprobs(student.float(), ids, 1.0, tail)
+    s = losses.student_logprobs(torch.log_softmax(student.float(), -1), ids, 1.0, tail)
     t = losses.teacher_logprobs(lp.float(), 1.0, tail)
     ours = losses.divergence(s, t, "jsd", beta)
     theirs = _jsd_divergence(s, t, beta).sum(-1)
