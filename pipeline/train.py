@@ -25,14 +25,13 @@ import os
 import shutil
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer

@@ -43,7 +43,7 @@ def test_fsdp_two_cpu_processes_match_one_process(traced, tmp_path):
     cfg, run_dir = _copy(traced, tmp_path)
     one, two = tmp_path / "artifacts/one", tmp_path / "artifacts/two"
     distill_cli("train", cfg, "--set", f"train.output_dir={one}")
-    r = distill_cli("train", cfg, "--accelerate", ROOT / "configs/accelerate/cpu_fsdp2.yaml",
+    distill_cli("train", cfg, "--accelerate", ROOT / "configs/accelerate/cpu_fsdp2.yaml",
                     "--set", f"train.output_dir={two}", "--set", "train.per_device_train_batch_size=2")
     _, single = _losses(one)
     _, fsdp = _losses(two)
