@@ -21,6 +21,7 @@ def main(stage: str, n: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         teacher = make_tiny_llama(make_tiny_tokenizer(root / "tokenizer"), root / "teacher", layers=4)
+        (root / "traced").mkdir()
         distill_cli("run", traced_config(root / "traced/c.yaml", root / "traced/artifacts", teacher), "--until", "clean")
         rng = random.Random(0)
         killed = 0
