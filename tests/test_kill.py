@@ -69,7 +69,8 @@ def check_eval(cfg: Path, run_dir: Path) -> None:
 
 
 def kill_and_resume(stage: str, traced, tmp_path: Path, rng: random.Random) -> bool:
-    """One round: copy the traced run, start the stage, kill it at a random moment, rerun it."""
+    """One round: copy the traced run, run the stage once whole to time it, start it again and kill
+    it at a random share of that time, rerun it."""
     cfg, run_dir = copy_traced(traced, tmp_path)
     if stage == "clean":  # a short stage: timed once whole, then killed at a random share of that
         started = time.perf_counter()
@@ -88,8 +89,11 @@ def kill_and_resume(stage: str, traced, tmp_path: Path, rng: random.Random) -> b
         killed = kill_after(args, rng.uniform(0.3, 0.95) * (time.perf_counter() - started))
         distill_cli(*args, "--resume")
         check_train(cfg, out)
-    else:
-        killed = kill_after(["eval", cfg], rng.uniform(3.0, 30.0))
+    else:  # eval's engines start in a spawned process, which the kill takes down too
+        started = time.perf_counter()
+        distill_cli("eval", cfg)
+        (run_dir / "eval/manifest.json").unlink()
+        killed = kill_after(["eval", cfg], rng.uniform(0.3, 0.95) * (time.perf_counter() - started))
         distill_cli("eval", cfg)
         check_eval(cfg, run_dir)
     return killed
