@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,6 +22,7 @@ def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
     Temporary files of the same output left by a killed process (its pid is gone) are removed."""
     path = Path(path)
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
         pid = stale.name[len(path.name) + 2:-len(TMP_SUFFIX)]
@@ -31,6 +32,12 @@ def atomic_path(path: str | Path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        for d in created:  # a failed write (full disk, read-only) leaves no empty directory behind
+            with suppress(OSError):
+                d.rmdir()
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

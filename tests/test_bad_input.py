@@ -259,3 +259,28 @@ def test_eval_models_with_the_same_name(tmp_path):
     manifest.write(cfg, "models", time.time(), {}, models={"teacher": model, "student": model})
     a, b = tmp_path / "artifacts/a/sweep/model", tmp_path / "artifacts/b/sweep/model"
     _expect_one_line(["eval", cfg_path, "--set", f"eval.models=[{a}, {b}]"], "eval.models: two models are named 'sweep'")
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import pyarrow.parquet as pq_module
+
+    cfg, _ = _prepare_case(tmp_path, "ok.jsonl", _jsonl({"prompt": "a"}))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
+
+    monkeypatch.setattr(pq_module, "write_table", full)
+    line = _expect_one_line(["prepare", cfg], "No space left on device", root=tmp_path)
+    assert ".prompts.parquet" in line and not (tmp_path / "artifacts").exists()  # no empty directory either
+
+
+def test_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from pipeline import prepare
+
+    cfg, _ = _prepare_case(tmp_path, "ok.jsonl", _jsonl({"prompt": "a"}))
+    monkeypatch.setattr(prepare, "prompt_id", lambda *a: 1 / 0)
+    _expect_one_line(["prepare", cfg], "unexpected ZeroDivisionError", "rerun with --debug")
+    r = CliRunner().invoke(main, ["--debug", "prepare", str(cfg)])
+    assert isinstance(r.exception, ZeroDivisionError)  # raised through, with its traceback
