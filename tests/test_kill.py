@@ -69,34 +69,28 @@ def check_eval(cfg: Path, run_dir: Path) -> None:
 
 
 def kill_and_resume(stage: str, traced, tmp_path: Path, rng: random.Random) -> bool:
-    """One round: copy the traced run, run the stage once whole to time it, start it again and kill
-    it at a random share of that time, rerun it."""
+    """One round: copy the traced run, run the stage once whole to time it (these tiny stages take
+    seconds), undo it, start it again and kill it at a random share of that time, rerun it."""
     cfg, run_dir = copy_traced(traced, tmp_path)
-    if stage == "clean":  # a short stage: timed once whole, then killed at a random share of that
-        started = time.perf_counter()
-        distill_cli("clean", cfg)
-        (run_dir / "clean/manifest.json").unlink()
-        killed = kill_after(["clean", cfg], rng.uniform(0.3, 0.95) * (time.perf_counter() - started))
-        distill_cli("clean", cfg)
-        check_clean(cfg, run_dir)
-    elif stage == "train":  # timed once whole too: the tiny model trains in a few seconds
-        out = run_dir.parent / "train-k"
-        args = ["train", cfg, "--set", f"train.output_dir={out}", "--set", "train.max_steps=6",
-                "--set", "train.save_steps=2"]
-        started = time.perf_counter()
-        distill_cli(*args)
+    out = run_dir.parent / "train-k"
+    args = {"clean": ["clean", cfg], "eval": ["eval", cfg],
+            "train": ["train", cfg, "--set", f"train.output_dir={out}", "--set", "train.max_steps=6",
+                      "--set", "train.save_steps=2"]}[stage]
+    started = time.perf_counter()
+    distill_cli(*args)
+    took = time.perf_counter() - started
+    if stage == "train":
         shutil.rmtree(out)
-        killed = kill_after(args, rng.uniform(0.3, 0.95) * (time.perf_counter() - started))
-        distill_cli(*args, "--resume")
+    else:
+        (run_dir / stage / "manifest.json").unlink()
+    # a second eval starts faster (its engine's caches are warm), so its kill lands early
+    low, high = (0.1, 0.6) if stage == "eval" else (0.3, 0.95)
+    killed = kill_after(args, rng.uniform(low, high) * took)
+    distill_cli(*args, *(["--resume"] if stage == "train" else []))
+    if stage == "train":
         check_train(cfg, out)
-    else:  # eval's engines start in a spawned process, which the kill takes down too
-        started = time.perf_counter()
-        distill_cli("eval", cfg)
-        (run_dir / "eval/manifest.json").unlink()
-        # a second run starts faster (caches warm), so the kill lands in the first part of it
-        killed = kill_after(["eval", cfg], rng.uniform(0.1, 0.6) * (time.perf_counter() - started))
-        distill_cli("eval", cfg)
-        check_eval(cfg, run_dir)
+    else:
+        (check_clean if stage == "clean" else check_eval)(cfg, run_dir)
     return killed
 
 
