@@ -345,7 +345,8 @@ def vocabulary_mismatch(teacher_dir: Path, student_dir: Path) -> tuple[str, int,
 
 
 def tokenizer_sha(tokenizer) -> str:
-    return manifest.tokenizer_identity(tokenizer.name_or_path)["tokenizer_sha"]
+    """The identity caches are keyed by: the hash of the files it was loaded from (no second load)."""
+    return manifest.tokenizer_files_sha(tokenizer.name_or_path)
 
 
 def pair(models_dir: Path, teacher_dir: Path, student) -> tuple:

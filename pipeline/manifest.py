@@ -133,20 +133,25 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "chat_template.jinja")
 
 
-def tokenizer_identity(model_dir: str | Path) -> dict:
-    """`tokenizer_sha` hashes the tokenizer files (template included); `vocab_sha` hashes only the
-    token-to-id mapping, which is what logit distillation needs teacher and student to share."""
-    from transformers import AutoTokenizer
-
+def tokenizer_files_sha(model_dir: str | Path) -> str:
+    """Hash of a model directory's tokenizer files, template included: no tokenizer is loaded."""
     model_dir = Path(model_dir)
     h = hashlib.sha256()
     for name in TOKENIZER_FILES:
         if (model_dir / name).is_file():
             h.update(name.encode() + b"\0" + (model_dir / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_identity(model_dir: str | Path) -> dict:
+    """`tokenizer_sha` hashes the tokenizer files (template included); `vocab_sha` hashes only the
+    token-to-id mapping, which is what logit distillation needs teacher and student to share."""
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(model_dir)
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     return {
-        "tokenizer_sha": h.hexdigest()[:16],
+        "tokenizer_sha": tokenizer_files_sha(model_dir),
         "vocab_sha": hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16],
         "vocab_size": len(vocab),
     }
