@@ -22,14 +22,19 @@ def _losses(out_dir):
     return m, [h["loss"] for h in m["log_history"] if "loss" in h]
 
 
-def test_ddp_two_cpu_processes_match_one_process(traced, tmp_path):
-    cfg, run_dir = _copy(traced, tmp_path)
+def _one_and_two_processes(traced, tmp_path, launcher: str):
+    """The same global batch (4 = 1 x 4 = 2 x 2) trained by one process and by two through
+    `accelerate launch`: (their output directories, and their manifests and losses)."""
+    cfg, _ = _copy(traced, tmp_path)
     one, two = tmp_path / "artifacts/one", tmp_path / "artifacts/two"
     distill_cli("train", cfg, "--set", f"train.output_dir={one}")
-    distill_cli("train", cfg, "--accelerate", ROOT / "configs/accelerate/cpu_ddp2.yaml",
+    distill_cli("train", cfg, "--accelerate", ROOT / f"configs/accelerate/{launcher}",
                 "--set", f"train.output_dir={two}", "--set", "train.per_device_train_batch_size=2")
-    m1, single = _losses(one)
-    m2, ddp = _losses(two)
+    return one, two, _losses(one), _losses(two)
+
+
+def test_ddp_two_cpu_processes_match_one_process(traced, tmp_path):
+    one, two, (m1, single), (m2, ddp) = _one_and_two_processes(traced, tmp_path, "cpu_ddp2.yaml")
     assert m1["data"]["samples"] == 4 and len(single) == len(ddp) == 3
     assert single[2] < single[0]  # it learns
     # same global batch (4 = 1 x 4 = 2 x 2), tokens normalized across ranks: the same losses
@@ -40,13 +45,7 @@ def test_ddp_two_cpu_processes_match_one_process(traced, tmp_path):
 def test_fsdp_two_cpu_processes_match_one_process(traced, tmp_path):
     """FSDP2 shards the weights, the LM head's included: the chunked KD loss must read it whole
     inside the forward and hand its gradient back to the shards."""
-    cfg, run_dir = _copy(traced, tmp_path)
-    one, two = tmp_path / "artifacts/one", tmp_path / "artifacts/two"
-    distill_cli("train", cfg, "--set", f"train.output_dir={one}")
-    distill_cli("train", cfg, "--accelerate", ROOT / "configs/accelerate/cpu_fsdp2.yaml",
-                    "--set", f"train.output_dir={two}", "--set", "train.per_device_train_batch_size=2")
-    _, single = _losses(one)
-    _, fsdp = _losses(two)
+    one, two, (_, single), (_, fsdp) = _one_and_two_processes(traced, tmp_path, "cpu_fsdp2.yaml")
     assert len(single) == len(fsdp) == 3
     assert fsdp == pytest.approx(single, rel=2e-3)
     from transformers import AutoModelForCausalLM
