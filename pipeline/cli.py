@@ -135,7 +135,8 @@ def _parse_shard(ctx, param, value):
 @click.option("--data-parallel", type=click.IntRange(min=1), default=None, metavar="N",
               help="launch N engine processes on this node, one shard each")
 @click.option("--dry-run", is_flag=True, help="validate, print engine args, shard plan and estimates; load nothing")
-@click.option("--score", is_flag=True, help="attach teacher top-k to existing completions (prompts' completion column)")
+@click.option("--score", is_flag=True, help="attach teacher top-k to existing completions (prompts' completion column, "
+                   "or the traces of an imported run)")
 @_one_line_errors
 def generate_cmd(config_file, overrides, shard, data_parallel, dry_run, score):
     """Teacher traces + top-k logprobs for every generated token, resumable."""

@@ -179,8 +179,9 @@ class VLLMTeacher:
                     break
                 prompt, text, payload = item
                 token_ids, params, seed = request(prompt, payload)
-                self.engine.add_request(prompt["prompt_id"], TokensPrompt(prompt_token_ids=token_ids), params)
-                in_flight[prompt["prompt_id"]] = (prompt, text, payload, seed, time.time())
+                rid = prompt.get("request_id", prompt["prompt_id"])  # imported samples: several per prompt
+                self.engine.add_request(rid, TokensPrompt(prompt_token_ids=token_ids), params)
+                in_flight[rid] = (prompt, text, payload, seed, time.time())
             if not in_flight:
                 return
             for out in self.engine.step():

@@ -10,18 +10,23 @@ is turned into arrays at once, and every `shard_size` samples become one pair of
 already on disk, so a killed job redoes at most one shard's work; a rerun whose settings would
 change the outputs refuses to mix into the existing ones. With --score, nothing is sampled: the
 teacher's top-k is attached to completions that already exist (the prompts' `completion` column)
-by teacher forcing, written to the same tables. A chat API (backend openai-chat) gets messages
-instead; when it returns no logprobs the run is text-only: generations with no teacher_topk.
+by teacher forcing, written to the same tables. On a run written by `distill import`, --score
+attaches the teacher's top-k to every imported sample (score_imported): the run becomes one that
+KD can train on. A chat API (backend openai-chat) gets messages instead; when it returns no
+logprobs the run is text-only: generations with no teacher_topk.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -34,7 +39,17 @@ from pipeline import manifest, topk
 from pipeline.config import Config, section_hash
 from pipeline.engine import TextCompletion
 from pipeline.errors import PipelineError
-from pipeline.files import TMP_SUFFIX, atomic_path, read_table, write_json, write_table
+from pipeline.files import (
+    TMP_SUFFIX,
+    atomic_path,
+    open_table,
+    read_table,
+    remove,
+    replace_dir,
+    write_json,
+    write_table,
+)
+from pipeline.reasoning import THINK_END, THINK_START, join_completion
 from pipeline.render import context_of, render, with_context
 from pipeline.schema import GENERATE_SKIPPED, GENERATIONS, PROMPTS, TEACHER_TOPK
 
@@ -44,9 +59,15 @@ PART = re.compile(r"part-(\d+)of(\d+)-(\d+)\.parquet$")
 def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> dict | None:
     started = time.time()
     gen = cfg.generate
+    out = cfg.run_dir / "generate"
+    imported = _imported_settings(cfg)
+    if imported is not None:
+        if not score:
+            raise PipelineError(f"{out}: holds traces written by `distill import`; generate into a new run name, "
+                                "or attach the teacher's top-k to them with --score")
+        return score_imported(cfg, shard, imported)
     if score and gen.n != 1:
         raise PipelineError(f"{cfg.file}: generate.n must be 1 with --score (each prompt has one given completion)")
-    out = cfg.run_dir / "generate"
     teacher = manifest.require(cfg, "models")["models"]["teacher"]
     tokenizer = _tokenizer(teacher["path"])
     think_end_ids = _think_end_ids(tokenizer, gen.think_end)
@@ -131,8 +152,6 @@ def _check_settings(path: Path, settings: dict) -> dict:
     """The run's settings: these, plus what an earlier pass learnt (topk)."""
     if path.is_file():
         old = json.loads(path.read_text())
-        if old.get("imported"):
-            raise PipelineError(f"{path.parent}: holds traces written by `distill import`; generate into a new run name")
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             k = changed[0]
@@ -170,15 +189,28 @@ def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict], score: boo
     ending in EOS); a prompt (plus completion) too long for the context goes to `skipped`."""
     for p in prompts:
         text, ids = render(tokenizer, with_context(p, context), gen.system_prompt, gen.think_start)
-        completion = tokenizer.encode(p["completion"], add_special_tokens=False) + [tokenizer.eos_token_id] \
-            if score else []
+        completion = _completion_ids(tokenizer, p, text) if score else []
         need = len(ids) + (len(completion) if score else 1)
         if need > gen.engine.max_model_len:
             what = "prompt + completion" if score else "prompt"
+            what = f"sample {p['sample']['sample_id']}: {what}" if "sample" in p else what
             skipped.append({"prompt_id": p["prompt_id"], "prompt_tokens": len(ids),
                             "reason": f"{what} is {need} tokens; max_model_len is {gen.engine.max_model_len}"})
             continue
         yield (p, text, ids, completion) if score else (p, text, ids)
+
+
+def _completion_ids(tokenizer, p: dict, prompt_text: str) -> list[int]:
+    """A given completion's ids, ending in EOS. An imported sample's is rebuilt as the teacher
+    writes it after this prompt: opened by the think tag unless the prompt opens the reasoning
+    (think_start, or a template that ends with it), ended by EOS unless the trace was cut."""
+    if "sample" not in p:
+        return tokenizer.encode(p["completion"], add_special_tokens=False) + [tokenizer.eos_token_id]
+    s = p["sample"]
+    opening = "" if prompt_text.rstrip().endswith(THINK_START) else OPENING
+    text = join_completion(s["reasoning"], s["answer"], THINK_END, s["reasoning_closed"], s["think_end_count"], opening)
+    eos = [tokenizer.eos_token_id] if s["reasoning_closed"] else []
+    return tokenizer.encode(text, add_special_tokens=False) + eos
 
 
 def _wanted(prompt: dict, gen, score: bool) -> bool:
@@ -328,19 +360,207 @@ def _finish_if_complete(cfg: Config, started: float, settings: dict, stats: dict
     if not expected <= done:
         click.echo(f"generate: {len(expected - done)} samples still missing (other shards); manifest not written yet")
         return None
+    # text_only: no teacher_topk (a chat API gave no logprobs): what a run can train is SFT
+    counts = {"samples": len(done), "prompts_skipped": len(skipped), **_disk_counts(out, gen.top_k),
+              "text_only": settings.get("topk") is False}
+    return manifest.write(cfg, "generate", started, counts, settings=settings, last_pass=stats,
+                          sampling={"temperature": gen.temperature, "top_p": gen.top_p,
+                                    "logprobs_mode": "raw_logprobs (T=1, before temperature and top-p)"})
+
+
+def _disk_counts(out: Path, top_k: int) -> dict:
+    """Completion tokens and bytes of a generate directory's parts."""
     parts = sorted((out / "generations").glob("part-*.parquet"))
     tokens = sum(int(pa.compute.sum(pq.read_table(p, columns=["completion_tokens"]).column(0)).as_py() or 0)
                  for p in parts)
     topk_bytes = sum(p.stat().st_size for p in (out / "teacher_topk").glob("part-*.parquet"))
-    gen_bytes = sum(p.stat().st_size for p in parts)
-    # text_only: no teacher_topk (a chat API gave no logprobs): what a run can train is SFT
-    counts = {"samples": len(done), "prompts_skipped": len(skipped), "completion_tokens": int(tokens),
-              "text_only": settings.get("topk") is False,
-              "generations_bytes": gen_bytes, "teacher_topk_bytes": topk_bytes,
-              "topk_bytes_per_candidate": round(topk_bytes / max(int(tokens) * gen.top_k, 1), 3)}
-    return manifest.write(cfg, "generate", started, counts, settings=settings, last_pass=stats,
-                          sampling={"temperature": gen.temperature, "top_p": gen.top_p,
-                                    "logprobs_mode": "raw_logprobs (T=1, before temperature and top-p)"})
+    return {"completion_tokens": int(tokens), "generations_bytes": sum(p.stat().st_size for p in parts),
+            "teacher_topk_bytes": topk_bytes, "topk_bytes_per_candidate": round(topk_bytes / max(tokens * top_k, 1), 3)}
+
+
+# ---------------------------------------------------------------------------------------------
+# --score on a run written by `distill import`: the teacher's top-k at every imported sample.
+
+OPENING = THINK_START + "\n"  # how R1 opens its reasoning when the prompt has not
+IMPORTED_COLUMNS = ["sample_id", "prompt_id", "sample_idx", "reasoning", "answer", "reasoning_closed",
+                    "think_end_count", "finish_reason", "model"]
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where an imported run's scored generate/ is built, resumably, before it replaces the imported one whole."""
+    return run_dir / f".generate.scored{TMP_SUFFIX}"
+
+
+def score_imported(cfg: Config, shard: tuple[int, int], imported: dict) -> dict | None:
+    """Every imported sample (every split, every sample_idx) rebuilt as the teacher writes it, its
+    prompt rendered again by the teacher's template and all of it tokenized by the teacher's
+    tokenizer, then scored by teacher forcing. The scored generate/ is built in staging_dir by the
+    resumable machinery of a generated run and replaces the imported one only once every sample is
+    in it, so a kill at any moment leaves the imported run as it was or the scored one whole."""
+    started = time.time()
+    gen = cfg.generate
+    out, staging = cfg.run_dir / "generate", staging_dir(cfg.run_dir)
+    if gen.backend != "vllm":
+        raise PipelineError(f"{cfg.file}: --score on imported traces needs generate.backend: vllm (prompt logprobs), "
+                            f"not {gen.backend}")
+    source = imported.get("import", imported)  # what `distill import` recorded
+    if gen.think_end != source["think_end"]:
+        raise PipelineError(f"{cfg.file}: generate.think_end is {gen.think_end!r}; the imported traces close their "
+                            f"reasoning with {source['think_end']!r}")
+    teacher = manifest.require(cfg, "models")["models"]["teacher"]
+    wanted = scored_settings(cfg, teacher, source)
+    if imported.get("scored_with"):
+        changed = [k for k in wanted if imported.get(k) != wanted[k]]
+        if changed:
+            k = changed[0]
+            raise PipelineError(f"{out}: imported traces already scored with {k}={imported.get(k)!r}, not "
+                                f"{wanted[k]!r}; import them again (`distill import`) to score with other settings")
+        click.echo(f"generate: {out}: every imported sample is already scored by {teacher['path']}; nothing to do")
+        return manifest.read(cfg, "generate")
+    settings = _check_settings(staging / "settings.json", wanted)
+    tokenizer = _tokenizer(teacher["path"])
+
+    prompts = {p["prompt_id"]: p for p in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
+    keys = _imported_keys(out)
+    mine = [sid for sid, pid in keys if _in_shard(pid, shard)]
+    done = done_samples(staging)
+    pending = {sid for sid in mine if sid not in done}
+    click.echo(f"generate: scoring imported traces with {teacher['path']}: shard {shard[0]}/{shard[1]}: {len(mine)} "
+               f"samples; {len(mine) - len(pending)} scored in {staging}, {len(pending)} pending")
+    stats = {"samples": 0, "tokens": 0, "seconds": 0.0}
+    skipped: list[dict] = []
+    todo = ({**prompts[s["prompt_id"]], "sample": s, "request_id": s["sample_id"]}
+            for s in _imported_samples(out, pending))
+    rendered = _render(tokenizer, todo, gen, skipped, True, context_of(cfg))
+    first = next(rendered, None)  # the engine starts only when some sample fits (a rerun may have only skipped ones)
+    if first is not None:
+        from pipeline.engine import VLLMTeacher
+
+        writer = ShardWriter(staging, shard, gen.shard_size)
+        engine = VLLMTeacher(teacher["path"], cfg, score=True)
+        think_end_ids = _think_end_ids(tokenizer, gen.think_end)
+        t0 = time.time()
+        with _progress(len(mine), len(mine) - len(pending)) as bar:
+            for prompt, text, ids, (c,) in engine.score(itertools.chain([first], rendered)):
+                s = prompt["sample"]
+                gen_row, topk_row = sample_rows(prompt, text, ids, s["sample_idx"], c, tokenizer, think_end_ids,
+                                                s["model"])
+                writer.add(_as_imported(gen_row, s), topk_row)
+                stats["samples"] += 1
+                stats["tokens"] += gen_row["completion_tokens"]
+                bar.update(1)
+        writer.flush()
+        stats["seconds"] = round(time.time() - t0, 3)
+        click.echo(f"generate: scored {stats['samples']} samples, {stats['tokens']} tokens in {stats['seconds']:.1f}s")
+    if skipped:
+        click.echo(f"generate: {len(skipped)} samples skipped (longer than max_model_len), listed in "
+                   f"{out}/skipped-*.parquet; their imported rows are kept in {out}/unscored/")
+        write_table(GENERATE_SKIPPED, GENERATE_SKIPPED.from_pylist(skipped),
+                    staging / f"skipped-{shard[0]:03d}of{shard[1]:03d}.parquet")
+    return _swap_if_complete(cfg, started, settings, stats, keys)
+
+
+def scored_settings(cfg: Config, teacher: dict, source: dict) -> dict:
+    """An imported run's settings once scored: those of --score, the import's own kept under `import`."""
+    return {**output_settings(cfg, teacher), "mode": "score", "imported": True, "inputs": source["inputs"],
+            "scored_with": teacher["weights_sha"], "import": source,
+            # another tokenizer's import is fine: every prompt and completion is tokenized again here
+            "retokenized": source["tokenizer_sha"] != teacher["tokenizer_sha"]}
+
+
+def _imported_settings(cfg: Config) -> dict | None:
+    """generate/settings.json when `distill import` wrote the run (scored since, or not), else None."""
+    out, staging = cfg.run_dir / "generate", staging_dir(cfg.run_dir)
+    # a kill between replace_dir's two renames leaves generate/ moved aside and the finished
+    # staging directory (its manifest is written last) beside it: put that in place
+    aside = out.with_name(f".{out.name}.old{TMP_SUFFIX}")
+    if aside.is_dir():
+        with _run_lock(cfg.run_dir):
+            if aside.is_dir() and not out.exists() and (staging / "manifest.json").is_file():
+                staging.rename(out)
+                remove(aside)
+    path = out / "settings.json"
+    settings = json.loads(path.read_text()) if path.is_file() else {}
+    return settings if settings.get("imported") else None
+
+
+def _imported_keys(out: Path) -> list[tuple[str, str]]:
+    """(sample_id, prompt_id) of every imported sample."""
+    keys = []
+    for part in sorted((out / "generations").glob("part-*.parquet")):
+        t = open_table(GENERATIONS, part).read(columns=["sample_id", "prompt_id"])
+        keys += zip(t["sample_id"].to_pylist(), t["prompt_id"].to_pylist())
+    return keys
+
+
+def _imported_samples(out: Path, wanted: set[str]):
+    """The imported rows (text columns) of the `wanted` samples, a batch in memory at a time."""
+    for part in sorted((out / "generations").glob("part-*.parquet")):
+        for batch in open_table(GENERATIONS, part).iter_batches(batch_size=1024, columns=IMPORTED_COLUMNS):
+            yield from (s for s in batch.to_pylist() if s["sample_id"] in wanted)
+
+
+def _as_imported(row: dict, s: dict) -> dict:
+    """A scored sample keeps its imported text, structure and finish_reason; its token columns count
+    the teacher's ids (an opening think tag counts as reasoning, as in a generated trace)."""
+    row.update({k: s[k] for k in ("reasoning", "answer", "reasoning_closed", "think_end_count", "finish_reason")})
+    if s["reasoning_closed"] and not s["think_end_count"]:  # no reasoning (no_tags): every token is the answer
+        row.update(reasoning_tokens=0, answer_tokens=row["completion_tokens"], think_end_index=None)
+    return row
+
+
+def _swap_if_complete(cfg: Config, started: float, settings: dict, stats: dict,
+                      keys: list[tuple[str, str]]) -> dict | None:
+    """Once every imported sample is scored or skipped (any shard's process may be last): the
+    skipped samples' imported rows kept in unscored/, the manifest written, and the staging
+    directory put in place of generate/ whole."""
+    out, staging = cfg.run_dir / "generate", staging_dir(cfg.run_dir)
+    with _run_lock(cfg.run_dir):
+        if not (staging / "settings.json").is_file():  # another shard's process swapped it in
+            return manifest.read(cfg, "generate")
+        skipped = set()
+        for p in staging.glob("skipped-*.parquet"):
+            skipped.update(pq.read_table(p, columns=["prompt_id"]).column(0).to_pylist())
+        done = done_samples(staging)
+        missing = [(sid, pid) for sid, pid in keys if sid not in done]
+        waiting = sum(pid not in skipped for _, pid in missing)
+        if waiting:
+            click.echo(f"generate: {waiting} imported samples still to score (other shards); {out} keeps the imported "
+                       "traces until every one is")
+            return None
+        unscored = pa.array(sorted(sid for sid, _ in missing), pa.string())
+        for part in sorted((out / "generations").glob("part-*.parquet")) if len(unscored) else []:
+            t = read_table(GENERATIONS, part)
+            t = t.filter(pa.compute.is_in(t["sample_id"], value_set=unscored))
+            if t.num_rows:
+                write_table(GENERATIONS, t, staging / "unscored" / part.name)
+        imported = manifest.read(cfg, "generate") or {}
+        counts = {"samples": len(done), "samples_skipped": len(unscored), **_disk_counts(staging, cfg.generate.top_k),
+                  "text_only": False}
+        note = ("the import used the teacher's tokenizer" if not settings["retokenized"] else
+                f"prompts rendered and completions tokenized again with the teacher's tokenizer; the import used "
+                f"{settings['import']['tokenizer']}")
+        # the key changes with the scoring, so clean and what follows it run again
+        manifest.write(cfg, "generate", started, counts, to=staging,
+                       key=section_hash(manifest.cache_key(cfg, "generate"), "scored_with", settings["scored_with"]),
+                       imported=True, scored_with=settings["scored_with"], tokenizer=note, settings=settings,
+                       last_pass=stats, conventions=imported.get("conventions"), stripped=imported.get("stripped"),
+                       import_counts=imported.get("counts"), import_finished_at=imported.get("finished_at"))
+        replace_dir(staging, out)
+    click.echo(f"generate: {len(done)} imported samples scored ({len(unscored)} skipped); {out} now holds them "
+               f"with the teacher's top-{cfg.generate.top_k} (teacher_topk/); clean again, then train with KD")
+    return manifest.read(cfg, "generate")
+
+
+@contextmanager
+def _run_lock(run_dir: Path):
+    """One process at a time swaps a run's generate/ (shard processes may finish together)."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,7 +82,9 @@ def is_fresh(cfg: Config, stage: str) -> bool:
     return m is not None and m.get("key") == cache_key(cfg, stage)
 
 
-def write(cfg: Config, stage: str, started: float, counts: dict, **extra) -> dict:
+def write(cfg: Config, stage: str, started: float, counts: dict, to: Path | None = None, **extra) -> dict:
+    """`to`: another directory than the stage's, one about to replace it whole (generate --score on
+    an imported run); `extra` may set `key` (an output the config alone does not decide)."""
     sections, inputs = DEPENDS[stage]
     manifest = {
         "stage": stage,
@@ -98,7 +100,7 @@ def write(cfg: Config, stage: str, started: float, counts: dict, **extra) -> dic
         "packages": package_versions(),
         **extra,
     }
-    write_json(path(cfg, stage), manifest)
+    write_json(Path(to) / "manifest.json" if to else path(cfg, stage), manifest)
     return manifest
 
 

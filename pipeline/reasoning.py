@@ -1,7 +1,9 @@
 """Where reasoning ends: a completion's text split into reasoning and answer by R1's think tags,
-for traces that arrive as text (`distill import`, the chat-API teacher) rather than as token ids.
+for traces that arrive as text (`distill import`, the chat-API teacher) rather than as token ids,
+and joined again where a model must read the whole completion (SFT, scoring an imported trace).
 
     reasoning, answer, closed, ends, kind = split_completion({"text": "...</think>42"}, opened=True)
+    text = join_completion(reasoning, answer, "</think>", closed, ends)
 """
 from __future__ import annotations
 
@@ -27,3 +29,17 @@ def split_completion(c: dict, opened: bool) -> tuple[str, str, bool, int, str]:
     if not end:
         return reasoning.lstrip(), "", False, 0, kind
     return reasoning.lstrip(), answer, True, body.count(THINK_END), kind
+
+
+def join_completion(reasoning: str, answer: str, think_end: str, closed: bool = True, ends: int = 1,
+                    opening: str = "") -> str:
+    """The completion text of a split trace, as the teacher writes it (split_completion undone):
+    `opening` (the think tag, where the prompt did not open the reasoning), the reasoning,
+    `think_end`, the answer. Reasoning that never closed is all there is of a cut trace; a closed
+    trace with no think-end (`no_tags`) is its answer alone, as is every trace of a teacher that
+    does not reason (`think_end` "")."""
+    if not think_end:
+        return answer
+    if not closed:
+        return opening + reasoning
+    return opening + reasoning + think_end + answer if ends else answer

@@ -112,9 +112,11 @@ def _generation(cfg: Config, m: dict) -> str:
     c, s = g["counts"], g["settings"]
     size = sum(p.stat().st_size for p in (cfg.run_dir / "generate").rglob("*.parquet"))
     if g.get("imported"):
+        scored = {"teacher top-k stored": s["top_k"], "tokenizer": g["tokenizer"]} if g.get("scored_with") else {}
         items = {**c, **g["conventions"], **{f"stripped: {k}": v for k, v in g["stripped"].items()},
-                 "imported from": ", ".join(s["inputs"]), "Parquet on disk (MB)": round(size / 1e6, 2)}
-        return ("<h2>Generation (imported traces: no teacher top-k)</h2>"
+                 "imported from": ", ".join(s["inputs"]), **scored, "Parquet on disk (MB)": round(size / 1e6, 2)}
+        title = "top-k attached by the local teacher (--score)" if scored else "no teacher top-k"
+        return (f"<h2>Generation (imported traces: {title})</h2>"
                 + _table([{"item": k, "value": v} for k, v in items.items()], ["item", "value"]))
     rows = [{"item": k, "value": v} for k, v in {**c, "teacher top-k stored": s["top_k"],
                                                  "generation tokens/s (whole stage)":

@@ -21,7 +21,7 @@ def run(cfg: Config, force: bool = False, until: str | None = None) -> None:
     started = time.time()
     if cfg.traces.inputs:  # prepare would overwrite the imported prompts, and eval needs a teacher's traces
         raise PipelineError(f"{cfg.file}: a run of imported traces (traces.inputs) goes stage by stage: "
-                            "distill import, clean, train (kd_weight 0), report")
+                            "distill import, (generate --score for KD), clean, train, report")
     stages = ORDER[:ORDER.index(until) + 1] if until else ORDER
     for stage in stages:
         if not force and manifest.is_fresh(cfg, stage):

@@ -23,8 +23,10 @@ prompt's think_start, or in an input whose traces open it in the prompt) is fini
 `length`, like a generated trace cut at max_new_tokens, so clean's `truncated` and
 `unclosed_reasoning` rules apply. The tokenizer (traces.tokenizer, default models.teacher)
 renders prompt_text and counts tokens as generate would. Outputs: the prompts table, generation
-shards in generate's layout but no teacher_topk sidecar, and prepare and generate manifests
+shards in generate's layout with no teacher_topk sidecar yet, and prepare and generate manifests
 marked `imported`, so clean, sql, report and SFT training (kd_weight 0) run as on a generated run.
+`distill generate CONFIG --score` then attaches a local teacher's top-k to every imported sample
+(generate.score_imported), and KD trains on the run too.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from typing import Iterator
 
 import click
 
-from pipeline import manifest, models, prepare
+from pipeline import generate, manifest, models, prepare
 from pipeline.config import Config, InputConfig, TraceInputConfig
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, remove, replace_dir, write_json, write_table
@@ -122,6 +124,10 @@ def run(cfg: Config) -> dict:
                        "finish_reason": "stop" if closed else "length", "model": model, "seed": None,
                        "latency_s": 0.0}
 
+    # a scored import's top-k, and the scoring of an earlier import (finished or not), belong to
+    # other traces: gone before the new ones are in place, so no top-k is ever paired with them
+    for stale in (generate.staging_dir(cfg.run_dir), out / "teacher_topk", out / "unscored", *out.glob("skipped-*")):
+        remove(stale)
     written = _write_generations(samples(), out, cfg.generate.shard_size, tokenizer)
     prompt_rows = list(prompts.values())
     write_table(PROMPTS, PROMPTS.from_pylist(prompt_rows), cfg.run_dir / "prepare/prompts.parquet")

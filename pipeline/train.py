@@ -42,6 +42,7 @@ from pipeline.config import Config, KDConfig, section_hash
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, read_table, replace_dir, write_json
 from pipeline.losses import distill_loss
+from pipeline.reasoning import join_completion
 from pipeline.render import render
 from pipeline.schema import CLEAN, PROMPTS
 
@@ -186,18 +187,21 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None, callback
     if gen.get("counts", {}).get("text_only") and t.kd_weight > 0:  # a chat API that returned no logprobs
         raise PipelineError(f"{cfg.file}: train.kd_weight={t.kd_weight}: the teacher's API returned no logprobs, so this "
                             "run has no top-k; train with kd_weight 0 (SFT on its text)")
-    if gen.get("imported") and t.kd_weight > 0:
+    # imported traces have a top-k once `distill generate --score` attached a local teacher's
+    unscored = gen.get("imported") and not gen.get("scored_with")
+    if unscored and t.kd_weight > 0:
         raise PipelineError(f"{cfg.file}: train.kd_weight={t.kd_weight}: imported traces have no teacher top-k; "
-                            "train with kd_weight 0 (SFT on their text)")
+                            f"train with kd_weight 0 (SFT on their text), or attach a local teacher's with "
+                            f"`distill generate {cfg.file} --score`")
     if t.kd_weight > 0 and t.top_k > gen["settings"]["top_k"]:
         raise PipelineError(f"{cfg.file}: train.top_k={t.top_k} but generate stored only {gen['settings']['top_k']} "
                             "candidates")
     tokenizer = crosstok.load_tokenizer(student_dir)
     # Same vocabulary: the teacher's exact ids and top-k. Another vocabulary: KD through the
     # byte alignment (crosstok), or with kd_weight 0 plain SFT on the re-tokenized text, which is
-    # all that imported traces (text, no ids or top-k of the student's teacher) allow.
+    # all that unscored imported traces (text, no ids or top-k of the student's teacher) allow.
     same = crosstok.vocabulary_mismatch(teacher_dir, student_dir) is None
-    text_only = gen.get("imported") or gen.get("counts", {}).get("text_only")
+    text_only = unscored or gen.get("counts", {}).get("text_only")
     mode = "text" if text_only else "same" if same else "cross" if t.kd_weight > 0 else "text"
     dataset, data_info = training_data(cfg, tokenizer, mode)
     click.echo(f"train: {data_info['samples']} samples, {data_info['completion_tokens']} completion tokens "
@@ -479,7 +483,7 @@ def _retokenized_rows(cfg: Config, tokenizer, info: dict):
         if row["split"] != "train":
             continue
         _, prompt = render(tokenizer, prompts[row["prompt_id"]], cfg.generate.system_prompt, cfg.generate.think_start)
-        text = (row["reasoning"] + think_end if think_end else "") + row["answer"]
+        text = join_completion(row["reasoning"], row["answer"], think_end)
         completion = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         keep = max(0, min(len(completion), cfg.train.max_length - len(prompt)))
         _count(info, len(completion), keep)

@@ -1,14 +1,19 @@
 """distill import: every shape of trace file and every reasoning convention becomes the prompts
 and generations tables of a run (counted in the summary), bad mappings are one-line errors, and
-clean, sql, report and SFT training run on the imported run while KD refuses in one line."""
+clean, sql, report and SFT training run on the imported run while KD refuses in one line, until
+`distill generate --score` attaches the local teacher's top-k and KD trains on it."""
 import json
 import re
+import subprocess
+import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from transformers import AutoTokenizer
 
+from pipeline import topk
 from pipeline.cli import main
 from pipeline.files import read_table
 from pipeline.schema import GENERATIONS, PROMPTS
@@ -31,13 +36,13 @@ def _config(tmp_path, teacher, inputs: list[dict], extra: str = ""):
         """)
 
 
-def _import(tmp_path, teacher, files: dict, inputs: list[dict], *args):
+def _import(tmp_path, teacher, files: dict, inputs: list[dict], *args, extra: str = ""):
     """Write the trace files, run `distill import`, return (result, prompts, generations by sample_id)."""
     for name, content in files.items():
         path = tmp_path / name
         path.write_text(content if isinstance(content, str) else json.dumps(content, ensure_ascii=False))
     inputs = [{**i, "path": str(tmp_path / i["path"])} for i in inputs]
-    result = CliRunner().invoke(main, ["import", str(_config(tmp_path, teacher, inputs)), *args])
+    result = CliRunner().invoke(main, ["import", str(_config(tmp_path, teacher, inputs, extra)), *args])
     run = tmp_path / "artifacts/r"
     if result.exit_code != 0:
         return result, None, None
@@ -219,6 +224,119 @@ def test_unclosed_trace_is_truncated_for_clean_sql_report_and_sft_training(tmp_p
     r = distill_cli("train", cfg, "--set", "train.kd_weight=0.5", check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "imported traces have no teacher top-k; train with kd_weight 0" in r.stderr
+
+
+def _gens(run) -> dict:
+    return {g["sample_id"]: g for p in sorted((run / "generate/generations").glob("part-*.parquet"))
+            for g in read_table(GENERATIONS, p).to_pylist()}
+
+
+def test_score_imported_traces_attaches_teacher_topk_for_kd(tmp_path, tiny_teacher_dir):
+    """generate --score on an imported run: every sample (both of a prompt's) scored by the tiny
+    teacher as the teacher would have written it; a failure before the swap leaves the import
+    intact and the rerun resumes from the staging directory; then clean and KD training run."""
+    long = "<think>" + "1+1=2. " * 150 + "</think>2"  # over max_model_len: skipped, kept unscored
+    rows = [{"prompt": "What is 2+3?", "answer": "5", "completions": [
+                "<think>\n2+3=5\n</think>\n\n\\boxed{5}", "Two and three make five.</think>\\boxed{5}"]},
+            {"prompt": "What is 7+1?", "answer": "8", "completions": ["<think>7+1 is", long]}]
+    plain = [{"prompt": "Say 4.", "completion": "4"}]  # no_tags: no reasoning, the text is the answer
+    # the text the teacher writes after its prompt (its template does not open the reasoning), and EOS if closed
+    teacher_wrote = {"<think>\n2+3=5\n</think>\n\n\\boxed{5}": True,
+                     "<think>\nTwo and three make five.</think>\\boxed{5}": True, "<think>\n7+1 is": False, "4": True}
+    result, _, imported = _import(
+        tmp_path, tiny_teacher_dir, {"t.jsonl": _jsonl(rows), "plain.jsonl": _jsonl(plain)},
+        [{"path": "t.jsonl", "reference": "answer", "completion": "completions"},
+         {"path": "plain.jsonl", "completion": "completion"}],
+        extra="generate: {top_k: 4, shard_size: 2, engine: {max_model_len: 256, dtype: float32, enforce_eager: true}}")
+    assert result.exit_code == 0, result.output
+    cfg, run = tmp_path / "c.yaml", tmp_path / "artifacts/r"
+    sets = ["--set", "train.top_k=4"]
+    assert CliRunner().invoke(main, ["models", str(cfg), *sets]).exit_code == 0
+    assert CliRunner().invoke(main, ["clean", str(cfg), *sets]).exit_code == 0
+    import_key = json.loads((run / "generate/manifest.json").read_text())["key"]
+    parts = {p.name: p.read_bytes() for p in (run / "generate/generations").iterdir()}
+    r = CliRunner().invoke(main, ["generate", str(cfg), "--score", *sets, "--set", "generate.backend=openai"])
+    assert r.exit_code == 1 and "--score on imported traces needs generate.backend: vllm" in r.output
+
+    # scoring fails at the swap: generate/ still holds the import, untouched; the staging directory all the scores
+    code = ("import sys, pipeline.generate as g\n"
+            "def killed(*a): raise RuntimeError('killed at the swap')\n"
+            "g.replace_dir = killed\n"
+            "from pipeline.cli import main\n"
+            "main(sys.argv[1:])\n")
+    r = subprocess.run([sys.executable, "-c", code, "generate", str(cfg), "--score", *sets], cwd=ROOT,
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 1 and "killed at the swap" in r.stderr, r.stderr[-2000:]
+    staging = run / ".generate.scored.tmp"
+    assert len(list((staging / "teacher_topk").glob("part-*.parquet"))) == 2  # 4 samples, 2 a part
+    assert {p.name: p.read_bytes() for p in (run / "generate/generations").iterdir()} == parts
+    assert not (run / "generate/teacher_topk").exists()
+    assert "scored_with" not in json.loads((run / "generate/settings.json").read_text())
+    r = distill_cli("train", cfg, *sets, "--set", "train.kd_weight=0.5", check=False)
+    assert r.returncode == 1 and "or attach a local teacher's with `distill generate" in r.stderr
+
+    r = distill_cli("generate", cfg, "--score", *sets)  # nothing left that fits: no engine, only the swap
+    assert "5 samples; 4 scored in" in r.stdout and ", 1 pending" in r.stdout  # the one too long
+    assert "1 samples skipped (longer than max_model_len)" in r.stdout
+    assert not staging.exists()
+    gens = _gens(run)
+    long_id = next(sid for sid, g in imported.items() if g["reasoning"].startswith("1+1=2."))
+    assert set(gens) == set(imported) - {long_id}
+    for sid, g in gens.items():  # the imported text and structure, the teacher's prompt and token counts
+        for col in ("prompt_id", "sample_idx", "split", "reasoning", "answer", "reasoning_closed", "think_end_count",
+                    "finish_reason", "model"):
+            assert g[col] == imported[sid][col], (sid, col)
+    assert sorted(g["sample_idx"] for g in gens.values()) == [0, 0, 0, 1]
+    unscored = pq.read_table(run / "generate/unscored").to_pylist()
+    assert [u["sample_id"] for u in unscored] == [long_id]
+    assert unscored[0]["reasoning"] == imported[long_id]["reasoning"]
+    assert f"sample {long_id}: prompt + completion is" in pq.read_table(run / "generate/skipped-000of001.parquet")[
+        "reason"][0].as_py()
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    scored = {}
+    for part in (run / "generate/teacher_topk").glob("part-*.parquet"):
+        table, order = topk.read_part(part)
+        scored.update({r["sample_id"]: topk.decode(r, order) for r in table.to_pylist()})
+    assert set(scored) == set(gens)
+    expected = {}
+    for text, eos in teacher_wrote.items():
+        expected[tuple(tok.encode(text, add_special_tokens=False) + [tok.eos_token_id] * eos)] = text
+    for sid, (tokens, sampled, ids, lps) in scored.items():
+        assert tuple(tokens.tolist()) in expected, (sid, tok.decode(tokens))
+        g = gens[sid]
+        assert ids.shape == lps.shape == (len(tokens), 4) == (g["completion_tokens"], 4)  # top-k at every token
+        assert np.isfinite(lps).all() and np.isfinite(sampled).all()
+        assert g["prompt_token_ids"] == tok.encode(g["prompt_text"], add_special_tokens=False)
+    assert sorted(expected.values()) == sorted(expected[tuple(t.tolist())] for t, *_ in scored.values())
+
+    settings = json.loads((run / "generate/settings.json").read_text())
+    m = json.loads((run / "generate/manifest.json").read_text())
+    sha = json.loads((run / "models/manifest.json").read_text())["models"]["teacher"]["weights_sha"]
+    assert settings["imported"] and settings["scored_with"] == sha and settings["import"]["imported"]
+    assert settings["inputs"] == [str(tmp_path / "t.jsonl"), str(tmp_path / "plain.jsonl")]
+    assert not settings["retokenized"] and m["tokenizer"] == "the import used the teacher's tokenizer"
+    assert m["imported"] and m["scored_with"] == sha and m["counts"]["samples"] == 4
+    assert m["counts"]["samples_skipped"] == 1 and m["import_counts"]["samples"] == 5
+    assert m["conventions"]["think_tags"] == 3
+
+    r = distill_cli("generate", cfg, "--score", *sets)  # a rerun is a no-op
+    assert "already scored" in r.stdout
+    assert json.loads((run / "generate/manifest.json").read_text()) == m
+
+    r = CliRunner().invoke(main, ["clean", str(cfg), *sets])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "clean/manifest.json").read_text())["inputs"]["generate"] == m["key"] != import_key
+    distill_cli("train", cfg, *sets, "--set", "train.kd_weight=0.5")
+    t = json.loads((run / "train/manifest.json").read_text())
+    assert t["mode"] == "same" and t["counts"]["samples"] == 3 and t["counts"]["steps"] == 1
+    r = CliRunner().invoke(main, ["report", str(run)])
+    assert r.exit_code == 0 and "top-k attached by the local teacher" in (run / "report.html").read_text()
+    # importing again puts the unscored traces back, and no top-k stays beside them
+    assert CliRunner().invoke(main, ["import", str(cfg)]).exit_code == 0
+    assert _gens(run).keys() == imported.keys() and "scored_with" not in json.loads(
+        (run / "generate/settings.json").read_text())
+    assert not (run / "generate/teacher_topk").exists() and not (run / "generate/unscored").exists()
 
 
 @pytest.mark.parametrize("inputs, message", [
