@@ -38,7 +38,7 @@ def bench_quality(cfg: Config, seeds: int) -> dict:
     m = manifest.require(cfg, "models")["models"]
     teacher, pruned = Path(m["teacher"]["path"]), Path(m["student"]["path"])
     cross = models.retokenize(pruned, teacher, cfg.models.student_vocab_size, cfg.models_dir, cfg.models.dtype)
-    prompts = [p for p in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()
+    prompts = [p for p in read_table(PROMPTS, manifest.prompts_path(cfg)).to_pylist()
                if p["split"] == "eval"][:cfg.eval.max_prompts or None]
     kd_weight = cfg.train.kd_weight or 0.5
     out_root = Path(cfg.run.artifacts_dir) / "bench" / "quality"

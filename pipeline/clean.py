@@ -54,7 +54,7 @@ def run(cfg: Config) -> dict:
     gen = manifest.require(cfg, "generate")
     out = cfg.run_dir / "clean"
     files = generation_files(cfg.run_dir / "generate" / "generations")
-    prompts = cfg.run_dir / "prepare" / "prompts.parquet"
+    prompts = manifest.prompts_path(cfg)
     open_table(PROMPTS, prompts)  # schema check with the file named
     if not files:
         click.secho(f"warning: {cfg.run_dir / 'generate/generations'}: no shards; the clean selection is empty",
@@ -290,8 +290,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int:
     """Table `minhash(sample_id, sig UINTEGER[num_perm])` over the current candidates, a batch of
     samples at a time (see signatures)."""
-    rng = np.random.default_rng(seed)
-    mix = rng.integers(1, 2**63, size=c.near_dup_shingle, dtype=np.uint64) | np.uint64(1)  # odd multipliers
+    mix = shingle_mix(c.near_dup_shingle, seed)
     # its own cursor, so the batches stream while `con` inserts them
     query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
@@ -307,6 +306,19 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int
         con.unregister("minhash_batch")
         rows += len(batch)
     return rows
+
+
+def shingle_mix(shingle: int, seed: int) -> np.ndarray:
+    """The seeded odd multipliers that weigh a shingle's word hashes (see signatures)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, 2**63, size=shingle, dtype=np.uint64) | np.uint64(1)
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Two signatures' Jaccard estimate, as sql/near_duplicate.sql takes it: equal bins over the
+    bins not empty in both (a bin empty in both, 2**32 - 1, says nothing about short texts)."""
+    informative = (a < np.iinfo(np.uint32).max) | (b < np.iinfo(np.uint32).max)
+    return float(((a == b) & informative).sum() / max(informative.sum(), 1))
 
 
 # Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Burmese): each

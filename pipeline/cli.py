@@ -51,7 +51,7 @@ def _config_args(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="show the full traceback of a failure instead of one line")
 def main(debug):
-    """Offline distillation: prepare -> generate -> clean -> train -> eval -> report."""
+    """Offline distillation: prepare -> [augment] -> generate -> clean -> train -> eval -> report."""
     set_environment_defaults()
 
 
@@ -96,6 +96,16 @@ def prepare_cmd(config_file, overrides, on_error):
     if on_error:
         overrides = (*overrides, f"prepare.on_error={on_error}")
     prepare.run(config_mod.load(config_file, overrides))
+
+
+@main.command("augment")
+@_config_args
+@_one_line_errors
+def augment_cmd(config_file, overrides):
+    """The teacher rewrites prompts into checked variants (paraphrase, synonyms, translation, ...); prints the funnel."""
+    from pipeline import augment
+
+    augment.run(config_mod.load(config_file, overrides))
 
 
 @main.command("import")
@@ -170,7 +180,7 @@ def clean_cmd(config_file, overrides):
 @click.option("--artifacts-dir", default="artifacts", show_default=True, help="where runs live")
 @_one_line_errors
 def sql_cmd(run_name, query, file, fmt, output, artifacts_dir):
-    """DuckDB over a run's tables (prompts, generations, teacher_topk, verdicts, clean, rejects, eval, sweep).
+    """DuckDB over a run's tables (prompts, augment, generations, teacher_topk, verdicts, clean, rejects, eval, sweep).
 
     RUN is a run name under artifacts/ or a run directory. Without QUERY or --file: interactive.
     """

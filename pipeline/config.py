@@ -327,6 +327,64 @@ class GenerateConfig:
         _check(self.score_batch_tokens >= 1, "score_batch_tokens", ">= 1")
 
 
+@dataclass
+class TemplateConfig:
+    """A rewrite instruction of `distill augment`: the teacher gets `instruction` with {prompt}
+    replaced by the prompt's last user message, as a user message of its own."""
+
+    instruction: str = ""  # what the teacher is asked; {prompt} marks where the prompt's text goes
+    language: str = ""  # the variant's language code (a translation's target); "" = the parent's
+
+    def __post_init__(self):
+        _check("{prompt}" in self.instruction, "instruction", "must hold {prompt}, where the prompt's text goes")
+
+
+# What every built-in template asks besides its own change: the reference must still hold.
+_KEEP = (" Keep its meaning, every number (in digits), every name and any instruction about the answer."
+         " Do not answer or solve it. Reply with the new text only.\n\nText:\n{prompt}")
+TEMPLATES = {
+    "paraphrase": TemplateConfig("Paraphrase the text below: say the same in other words." + _KEEP),
+    "synonym": TemplateConfig("Rewrite the text below, replacing some of its words with synonyms and keeping "
+                              "its sentence structure." + _KEEP),
+    "restructure": TemplateConfig("Rewrite the text below with its sentences restructured: reorder clauses, "
+                                  "merge or split sentences, or switch between active and passive voice." + _KEEP),
+    "translate_zh": TemplateConfig("Translate the text below into Simplified Chinese." + _KEEP, language="zh"),
+    "translate_en": TemplateConfig("Translate the text below into English." + _KEEP, language="en"),
+}
+
+
+@dataclass
+class AugmentConfig:
+    """`distill augment`: the teacher (generate's backend, engine and preset) rewrites prompts into
+    variants; those that pass the checks join the prompts table. Near-duplicate and contamination
+    checks use clean's settings (near_dup_*, decontam_*), so a variant is what clean would keep."""
+
+    n: int = 0  # variants per prompt, the i-th written with templates[i % len(templates)]; 0 = the stage is off
+    templates: list[str] = field(default_factory=lambda: ["paraphrase", "synonym", "restructure", "translate_zh"])
+    # more templates by name, or a built-in's name to replace its instruction
+    custom_templates: dict[str, TemplateConfig] = field(default_factory=dict)
+    # splits whose prompts are rewritten; a variant keeps its parent's split, so eval's stay eval
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    temperature: float = 0.7  # sampled with a seed per request: a template used twice gives two variants
+    top_p: float = 0.95  # nucleus sampling
+    max_new_tokens: int = 256  # a reply cut off here is rejected (too_long); a reasoning teacher needs its budget
+
+    def __post_init__(self):
+        _check(self.n >= 0, "n", ">= 0")
+        _check(bool(self.templates), "templates", "name at least one template")
+        _check(len(set(self.templates)) == len(self.templates), "templates", "has repeats")
+        for name in self.templates:
+            _check(name in TEMPLATES or name in self.custom_templates, "templates",
+                   f"unknown template {name!r} (built in: {', '.join(TEMPLATES)}; or define it in custom_templates)")
+        _check(bool(self.splits) and set(self.splits) <= {"train", "eval"}, "splits", "train and/or eval")
+        _check(_finite(self.temperature) and self.temperature >= 0, "temperature", "a finite number >= 0")
+        _check(0 < self.top_p <= 1, "top_p", "in (0, 1]")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1")
+
+    def template(self, name: str) -> TemplateConfig:
+        return self.custom_templates.get(name) or TEMPLATES[name]
+
+
 RULES = ("truncated", "unclosed_reasoning", "empty_answer", "garbled", "repetition", "language_mix", "length",
          "invalid_call", "incorrect", "contaminated", "exact_duplicate", "near_duplicate", "per_prompt_cap")
 
@@ -573,6 +631,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(arithmetic=ArithmeticConfig()))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -597,8 +656,11 @@ class Config:
     def models_dir(self) -> Path:
         return Path(self.run.artifacts_dir) / "models"
 
-    def section(self, name: str) -> dict:
-        return dataclasses.asdict(getattr(self, name))
+    def section(self, name: str):
+        """A section as a dict, or one of its fields by a dotted name (`clean.decontam_ngram`)."""
+        section, _, key = name.partition(".")
+        values = dataclasses.asdict(getattr(self, section))
+        return values[key] if key else values
 
 
 def section_hash(*parts) -> str:

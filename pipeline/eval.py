@@ -38,13 +38,13 @@ def run(cfg: Config) -> dict:
     started = time.time()
     out = cfg.run_dir / "eval"
     contenders = models_to_evaluate(cfg)
-    prompts = [p for p in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()
+    prompts = [p for p in read_table(PROMPTS, manifest.prompts_path(cfg)).to_pylist()
                if p["split"] == "eval"]
     if cfg.eval.max_prompts:
         prompts = prompts[:cfg.eval.max_prompts]
     unscorable = [p["prompt_id"] for p in prompts if p["reference"] is None]
     if unscorable:
-        raise PipelineError(f"{cfg.run_dir / 'prepare/prompts.parquet'}: {len(unscorable)} eval prompts have no "
+        raise PipelineError(f"{manifest.prompts_path(cfg)}: {len(unscorable)} eval prompts have no "
                             f"reference to score against (e.g. {unscorable[0]}); give prepare a reference column")
     rows, summary = [], {}
     context = context_of(cfg)
@@ -244,7 +244,7 @@ def teacher_fidelity(cfg: Config, model_dir: Path, model=None) -> dict | None:
         _, t_bytes, t_eos, s_bytes, vmap = crosstok.pair(cfg.models_dir, teacher_dir, tokenizer)
     else:
         t_bytes = crosstok.token_bytes(tokenizer)
-    prompts = {r["prompt_id"]: r for r in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
+    prompts = {r["prompt_id"]: r for r in read_table(PROMPTS, manifest.prompts_path(cfg)).to_pylist()}
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     k = min(cfg.train.top_k, manifest.require(cfg, "generate")["settings"]["top_k"])

@@ -69,6 +69,8 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
     if score and gen.n != 1:
         raise PipelineError(f"{cfg.file}: generate.n must be 1 with --score (each prompt has one given completion)")
     teacher = manifest.require(cfg, "models")["models"]["teacher"]
+    if cfg.augment.n > 0:
+        manifest.require(cfg, "augment")  # its prompts table, with the variants, is the one to generate for
     tokenizer = _tokenizer(teacher["path"])
     think_end_ids = _think_end_ids(tokenizer, gen.think_end)
 
@@ -78,7 +80,7 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
 
     # Prompts of this shard not yet on disk; rendered lazily, so memory holds ids only for the
     # prompts inside the engine.
-    prompts = [p for p in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()
+    prompts = [p for p in read_table(PROMPTS, manifest.prompts_path(cfg)).to_pylist()
                if _wanted(p, gen, score) and _in_shard(p["prompt_id"], shard)]
     done = done_samples(out)
     pending = [p for p in prompts if not all(f"{p['prompt_id']}-{i}" in done for i in range(gen.n))]
@@ -90,15 +92,14 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
     stats = {"samples": 0, "tokens": 0, "seconds": 0.0, "bytes": 0}
     if pending:
         writer = ShardWriter(out, shard, gen.shard_size)
-        from pipeline.engine import OpenAIChatTeacher, OpenAITeacher, VLLMTeacher
+        from pipeline.engine import teacher_engine
 
         if score and gen.backend != "vllm":
             raise PipelineError(f"{cfg.file}: --score needs generate.backend: vllm (prompt logprobs)")
-        served = {"openai": OpenAITeacher, "openai-chat": OpenAIChatTeacher}.get(gen.backend)
-        engine = served(cfg, tokenizer) if served else VLLMTeacher(teacher["path"], cfg, score=score)
+        engine = teacher_engine(cfg, teacher["path"], tokenizer, score=score)
         rendered = _render(tokenizer, pending, gen, skipped, score, context_of(cfg))
         t0 = time.time()
-        with _progress(total, len(done)) as bar:
+        with progress(total, len(done), "generate", "sample") as bar:
             for prompt, text, ids, completions in (engine.score(rendered) if score else engine.generate(rendered)):
                 for i, c in enumerate(completions):
                     if settings.get("topk") != (has_topk := not isinstance(c, TextCompletion)):
@@ -340,17 +341,17 @@ def done_samples(out: Path) -> set[str]:
     return done
 
 
-def _progress(total: int, initial: int):
+def progress(total: int, initial: int, desc: str, unit: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="sample", desc="generate", dynamic_ncols=True, mininterval=1.0)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True, mininterval=1.0)
 
 
 def _finish_if_complete(cfg: Config, started: float, settings: dict, stats: dict) -> dict | None:
     """Write the stage manifest once every shard's samples are on disk (any process may be last)."""
     gen = cfg.generate
     out = cfg.run_dir / "generate"
-    prompts = read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()
+    prompts = read_table(PROMPTS, manifest.prompts_path(cfg)).to_pylist()
     skipped = set()
     for p in out.glob("skipped-*.parquet"):
         skipped.update(pq.read_table(p, columns=["prompt_id"]).column(0).to_pylist())
@@ -420,7 +421,7 @@ def score_imported(cfg: Config, shard: tuple[int, int], imported: dict) -> dict 
     settings = _check_settings(staging / "settings.json", wanted)
     tokenizer = _tokenizer(teacher["path"])
 
-    prompts = {p["prompt_id"]: p for p in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
+    prompts = {p["prompt_id"]: p for p in read_table(PROMPTS, manifest.prompts_path(cfg)).to_pylist()}
     keys = _imported_keys(out)
     mine = [sid for sid, pid in keys if _in_shard(pid, shard)]
     done = done_samples(staging)
@@ -440,7 +441,7 @@ def score_imported(cfg: Config, shard: tuple[int, int], imported: dict) -> dict 
         engine = VLLMTeacher(teacher["path"], cfg, score=True)
         think_end_ids = _think_end_ids(tokenizer, gen.think_end)
         t0 = time.time()
-        with _progress(len(mine), len(mine) - len(pending)) as bar:
+        with progress(len(mine), len(mine) - len(pending)) as bar:
             for prompt, text, ids, (c,) in engine.score(itertools.chain([first], rendered)):
                 s = prompt["sample"]
                 gen_row, topk_row = sample_rows(prompt, text, ids, s["sample_idx"], c, tokenizer, think_end_ids,
@@ -603,9 +604,10 @@ def dry_run(cfg: Config, shard: tuple[int, int], data_parallel: int) -> None:
     per = gen.engine.tensor_parallel_size * gen.engine.pipeline_parallel_size
     procs = data_parallel or 1
     click.echo(f"parallelism:    {procs} engine process(es) x {per} device(s) each; this job: shard {shard[0]}/{shard[1]}")
-    prompts_path = cfg.run_dir / "prepare/prompts.parquet"
+    prompts_path = manifest.prompts_path(cfg)
     if not prompts_path.is_file():
-        click.echo(f"prompts:        {prompts_path} not prepared yet: run `distill prepare` for counts and estimates")
+        click.echo(f"prompts:        {prompts_path} not written yet: run `distill {prompts_path.parent.name}` for "
+                   "counts and estimates")
         return
     prompts = [p for p in read_table(PROMPTS, prompts_path).to_pylist() if p["split"] in gen.splits]
     mine = [p for p in prompts if _in_shard(p["prompt_id"], shard)]

@@ -4,8 +4,8 @@
     distill sql quickstart --file sql/inspect/drop_reasons.sql --format csv --output reasons.csv
     distill sql quickstart            # interactive prompt with the views defined
 
-Views (those whose files exist): prompts, prepare_rejects, generations, teacher_topk (encoded;
-see pipeline.topk), verdicts, clean, rejects, eval, sweep. Read-only for real: once the views are set up
+Views (those whose files exist): prompts, prepare_rejects, augment, generations, teacher_topk
+(encoded; see pipeline.topk), verdicts, clean, rejects, eval, sweep. Read-only for real: once the views are set up
 the connection is locked with DuckDB's own settings (file access only inside the run directory,
 no extension install or load, configuration locked), a query must be one SELECT (or EXPLAIN), and
 --output is written from Python, so no query can change the run or read or write anything else.
@@ -24,10 +24,12 @@ import pyarrow.parquet as pq
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, sql_quote
 
-# view -> files under the run directory (a glob for sharded tables)
+# view -> files under the run directory (a glob for sharded tables); for prompts, the first that
+# exists: an augmented run's table (prepare's prompts and the kept variants), else prepare's
 VIEWS = {
-    "prompts": "prepare/prompts.parquet",
+    "prompts": ("augment/prompts.parquet", "prepare/prompts.parquet"),
     "prepare_rejects": "prepare/rejects.parquet",
+    "augment": "augment/variants.parquet",
     "generations": "generate/generations/*.parquet",
     "teacher_topk": "generate/teacher_topk/*.parquet",
     "verdicts": "clean/verdicts.parquet",
@@ -51,7 +53,9 @@ def connect(run_dir: Path) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
     so the rest of the run can still be queried."""
     con = duckdb.connect()
     defined = []
-    for view, pattern in VIEWS.items():
+    for view, patterns in VIEWS.items():
+        patterns = (patterns,) if isinstance(patterns, str) else patterns
+        pattern = next((p for p in patterns if any(run_dir.glob(p))), patterns[-1])
         files = []
         for p in sorted(run_dir.glob(pattern)):
             if p.name.endswith(TMP_SUFFIX):

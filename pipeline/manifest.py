@@ -19,12 +19,20 @@ from pipeline.errors import PipelineError
 from pipeline.files import write_json
 from pipeline.schema import TABLES
 
-# What each stage reads: its config sections and the stages whose outputs it consumes. `distill
-# import` writes the outputs of prepare and generate from the `traces` section, so their keys hash it.
+# What each stage reads: its config sections (or single fields, `clean.decontam_ngram`) and the
+# stages whose outputs it consumes. `distill import` writes the outputs of prepare and generate
+# from the `traces` section, so their keys hash it. augment runs the teacher as generate does and
+# checks as clean does; only the fields it uses count, so a new sampling setting or clean rule does
+# not make the teacher rewrite every prompt again (and then redo every trace).
+AUGMENT_READS = ("generate.backend", "generate.engine", "generate.openai", "generate.think_end", "generate.think_start",
+                 "generate.system_prompt", "generate.per_request_seed", "clean.near_dup_threshold",
+                 "clean.near_dup_shingle", "clean.near_dup_num_perm", "clean.decontam_ngram",
+                 "clean.decontam_max_prompt_share", "clean.decontam_files")
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "models": (("models",), ()),
     "prepare": (("prepare", "traces"), ()),
-    "generate": (("generate", "traces"), ("models", "prepare")),
+    "augment": (("augment", *AUGMENT_READS), ("models", "prepare")),
+    "generate": (("generate", "traces"), ("models", "prepare", "augment")),
     "clean": (("clean",), ("generate",)),
     "train": (("train",), ("models", "generate", "clean")),
     "eval": (("eval", "generate"), ("models", "prepare", "generate", "train")),
@@ -39,6 +47,18 @@ def stage_dir(cfg: Config, stage: str) -> Path:
     if stage == "train" and cfg.train.output_dir:
         return Path(cfg.train.output_dir)
     return cfg.run_dir / stage
+
+
+def prompts_path(cfg: Config) -> Path:
+    """The prompts table that generate and every stage after it read: augment's (prepare's prompts
+    and the variants that passed its checks) when augment is on, else prepare's."""
+    return stage_dir(cfg, "augment" if cfg.augment.n > 0 else "prepare") / "prompts.parquet"
+
+
+def inputs(cfg: Config, stage: str) -> tuple[str, ...]:
+    """The stages whose outputs `stage` consumes in this run: augment only when it is on, so that
+    turning it off does not leave generate keyed to a stale augment manifest."""
+    return tuple(s for s in DEPENDS[stage][1] if s != "augment" or cfg.augment.n > 0)
 
 
 def path(cfg: Config, stage: str) -> Path:
@@ -59,9 +79,8 @@ def require(cfg: Config, stage: str) -> dict:
 
 
 def cache_key(cfg: Config, stage: str) -> str:
-    sections, inputs = DEPENDS[stage]
-    config = {s: cfg.section(s) for s in sections}
-    upstream = {s: (read(cfg, s) or {}).get("key") for s in inputs}
+    config = {s: cfg.section(s) for s in DEPENDS[stage][0]}
+    upstream = {s: (read(cfg, s) or {}).get("key") for s in inputs(cfg, stage)}
     return section_hash(stage, config, upstream, cfg.run.seed, _code_files(cfg, stage), SCHEMAS)
 
 
@@ -85,14 +104,13 @@ def is_fresh(cfg: Config, stage: str) -> bool:
 def write(cfg: Config, stage: str, started: float, counts: dict, to: Path | None = None, **extra) -> dict:
     """`to`: another directory than the stage's, one about to replace it whole (generate --score on
     an imported run); `extra` may set `key` (an output the config alone does not decide)."""
-    sections, inputs = DEPENDS[stage]
     manifest = {
         "stage": stage,
         "key": cache_key(cfg, stage),
         "config_file": cfg.file,
-        "config": {s: cfg.section(s) for s in sections},
+        "config": {s: cfg.section(s) for s in DEPENDS[stage][0]},
         "seed": cfg.run.seed,
-        "inputs": {s: (read(cfg, s) or {}).get("key") for s in inputs},
+        "inputs": {s: (read(cfg, s) or {}).get("key") for s in inputs(cfg, stage)},
         "counts": counts,
         "wall_seconds": round(time.time() - started, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

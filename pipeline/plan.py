@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from pipeline import arithmetic
+from pipeline import arithmetic, manifest
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import open_parquet, open_table
@@ -248,7 +248,7 @@ def _prompts(cfg: Config, given: int | None) -> tuple[Counter, float | None, str
     """(prompts per split, mean prompt characters or None, source)."""
     if given is not None:
         return Counter({"train": given}), None, f"given: --prompts {given} (all train)"
-    path = cfg.run_dir / "prepare" / "prompts.parquet"
+    path = manifest.prompts_path(cfg)
     if path.is_file():
         table = open_table(PROMPTS, path).read(columns=["split", "messages"]).to_pylist()
         chars = [sum(len(m["content"]) for m in r["messages"]) for r in table]

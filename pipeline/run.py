@@ -1,5 +1,5 @@
 """`distill run CONFIG`: every stage in order, each skipped when its outputs already exist for the
-same resolved config and inputs (see manifest.cache_key).
+same resolved config and inputs (see manifest.cache_key). augment runs only when augment.n > 0.
 
     distill run configs/quickstart.yaml --set train.kd_weight=0.5   # reruns train and what follows
 """
@@ -14,7 +14,7 @@ from pipeline import manifest
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 
-ORDER = ("models", "prepare", "generate", "clean", "train", "eval", "report")
+ORDER = ("models", "prepare", "augment", "generate", "clean", "train", "eval", "report")
 
 
 def run(cfg: Config, force: bool = False, until: str | None = None) -> None:
@@ -24,6 +24,8 @@ def run(cfg: Config, force: bool = False, until: str | None = None) -> None:
                             "distill import, (generate --score for KD), clean, train, report")
     stages = ORDER[:ORDER.index(until) + 1] if until else ORDER
     for stage in stages:
+        if stage == "augment" and cfg.augment.n == 0:
+            continue  # off: generate reads prepare's prompts
         if not force and manifest.is_fresh(cfg, stage):
             click.echo(f"[{stage}] up to date, skipped ({manifest.path(cfg, stage)})")
             continue
@@ -33,5 +35,6 @@ def run(cfg: Config, force: bool = False, until: str | None = None) -> None:
         click.echo(f"[{stage}] done in {time.time() - t:.1f}s")
     click.echo(f"run {cfg.run.name}: finished in {time.time() - started:.1f}s; outputs in {cfg.run_dir}/")
     for stage in ORDER[:-1]:
-        click.echo(f"  {stage:9s} {manifest.stage_dir(cfg, stage)}/")
+        if stage != "augment" or cfg.augment.n > 0:
+            click.echo(f"  {stage:9s} {manifest.stage_dir(cfg, stage)}/")
     click.echo(f"report: {cfg.run_dir / 'report.html'}")

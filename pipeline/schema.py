@@ -53,7 +53,8 @@ MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.strin
 
 PROMPTS = Table(
     "prompts",
-    "One row per unique, cleaned prompt (prepare/prompts.parquet).",
+    "One row per unique, cleaned prompt (prepare/prompts.parquet; with augment on, augment/prompts.parquet: "
+    "those and the variants that passed its checks).",
     (
         Column("prompt_id", pa.string(), "sha256 (16 hex) of the canonical messages and tools: stable across runs"),
         Column("messages", pa.list_(MESSAGE), "chat messages [{role, content}], system prompt first if any"),
@@ -66,6 +67,26 @@ PROMPTS = Table(
         Column("split", pa.string(), "train or eval"),
         Column("completion", pa.string(), "an existing completion to score with `generate --score`, if given", True),
         Column("language", pa.string(), "the row's language code (en, zh, ...), if known", True),
+        Column("parent_prompt_id", pa.string(), "a variant written by `distill augment`: the prompt it rewrites", True),
+        Column("template", pa.string(), "a variant: the augment template that wrote it (paraphrase, translate_zh, ...)",
+               True),
+    ),
+)
+
+AUGMENT = Table(
+    "augment",
+    "Every variant the teacher wrote in `distill augment`, kept or not (augment/variants.parquet).",
+    (
+        Column("prompt_id", pa.string(), "the variant's prompt_id: the hash of its messages and tools, as prepare's"),
+        Column("parent_prompt_id", pa.string(), "the prompt it rewrites"),
+        Column("template", pa.string(), "the template that asked for it"),
+        Column("variant_idx", pa.int32(), "0..augment.n-1 among the parent's variants"),
+        Column("split", pa.string(), "the parent's split, which the variant keeps"),
+        Column("reply", pa.string(), "the teacher's whole reply, reasoning included"),
+        Column("text", pa.string(), "the new user message: its answer, a leading label and enclosing quotes removed"),
+        Column("finish_reason", pa.string(), "stop, length, or too_long (the request itself does not fit max_model_len)"),
+        Column("rejected", pa.string(), "the first check it failed (empty, too_long, reference, near_duplicate_parent, "
+               "near_duplicate_variant, exact_duplicate, contaminated); null when kept", True),
     ),
 )
 
@@ -213,5 +234,5 @@ SWEEP = Table(
     ),
 )
 
-TABLES = {t.name: t for t in (PROMPTS, PREPARE_REJECTS, GENERATIONS, TEACHER_TOPK, GENERATE_SKIPPED, VERDICTS, CLEAN,
-                              CLEAN_REJECTS, EVAL_RESULTS, SWEEP)}
+TABLES = {t.name: t for t in (PROMPTS, PREPARE_REJECTS, AUGMENT, GENERATIONS, TEACHER_TOPK, GENERATE_SKIPPED, VERDICTS,
+                              CLEAN, CLEAN_REJECTS, EVAL_RESULTS, SWEEP)}

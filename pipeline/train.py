@@ -281,7 +281,7 @@ def dry_run(cfg: Config) -> None:
         source = "train traces"
         samples = (tokens.tolist() for _, _, _, tokens, _, _, _ in
                    topk.read_traces(gen_dir, lambda s, split: split == "train", 1))
-    elif (cfg.run_dir / "prepare/prompts.parquet").is_file():
+    elif manifest.prompts_path(cfg).is_file():
         source = "prompts (no traces yet)"
         samples = (teacher_tok.encode("\n".join(msg["content"] for msg in p["messages"]), add_special_tokens=False)
                    for p in _prompts(cfg).values())
@@ -429,7 +429,7 @@ def _teacher_rows(cfg: Config, tokenizer, info: dict):
 
 
 def _prompts(cfg: Config) -> dict:
-    return {r["prompt_id"]: r for r in read_table(PROMPTS, cfg.run_dir / "prepare/prompts.parquet").to_pylist()}
+    return {r["prompt_id"]: r for r in read_table(PROMPTS, manifest.prompts_path(cfg)).to_pylist()}
 
 
 def _aligned_rows(cfg: Config, tokenizer, info: dict):
