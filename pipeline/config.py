@@ -290,6 +290,9 @@ class GenerateConfig:
     # Worked examples and instructions for the teacher only (the student learns from the plain
     # prompt): "" none, "vehicle" the built-in task's, or a JSON file of chat messages.
     teacher_context: str = ""
+    # Worked examples of teacher_context per request: the k most like the request (character
+    # trigrams), so a long pool fits the context and a small teacher sees the nearest cases; 0: all.
+    teacher_examples: int = 4
     top_k: int = 20  # teacher logprobs kept per generated token
     # The eval split's traces measure fidelity: sampled from the teacher's raw distribution, their
     # stored logprobs give its exact log-likelihood, so KL(teacher || student) per byte is unbiased.
@@ -314,6 +317,7 @@ class GenerateConfig:
                "'</think>' or '' (no reasoning) with backend openai-chat")
         _check(self.openai.logprobs or self.backend == "openai-chat", "openai.logprobs",
                "false only with backend openai-chat (the other backends need the top-k)")
+        _check(self.teacher_examples >= 0, "teacher_examples", ">= 0")
         _check(self.n >= 1, "n", ">= 1")
         _check(_finite(self.temperature) and self.temperature >= 0, "temperature", "a finite number >= 0")
         _check(0 < self.top_p <= 1, "top_p", "in (0, 1]")

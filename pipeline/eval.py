@@ -29,7 +29,7 @@ from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, read_table, write_json
 from pipeline.losses import token_losses
-from pipeline.render import context_of, render, with_context
+from pipeline.render import TeacherContext, context_of, render, with_context
 from pipeline.schema import EVAL_RESULTS, PROMPTS
 from pipeline.scoring import extract, is_correct
 
@@ -66,7 +66,7 @@ def run(cfg: Config) -> dict:
     return manifest.write(cfg, "eval", started, {"prompts": len(prompts), "rows": len(rows)}, summary=summary)
 
 
-def _runs(contenders: dict[str, Path], prompts: list[dict], context: list[dict]):
+def _runs(contenders: dict[str, Path], prompts: list[dict], context: TeacherContext):
     """(name, model directory, prompts as that model sees them): every model on the plain prompts,
     and with a teacher-only context the teacher a second time with it (`teacher_context`), so the
     report shows what the context buys and how much of it the student absorbed."""

@@ -17,6 +17,7 @@ logprobs the run is text-only: generations with no teacher_topk.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -50,7 +51,7 @@ from pipeline.files import (
     write_table,
 )
 from pipeline.reasoning import THINK_END, THINK_START, join_completion
-from pipeline.render import context_of, render, with_context
+from pipeline.render import TeacherContext, context_of, render, with_context
 from pipeline.schema import GENERATE_SKIPPED, GENERATIONS, PROMPTS, TEACHER_TOPK
 
 PART = re.compile(r"part-(\d+)of(\d+)-(\d+)\.parquet$")
@@ -141,7 +142,7 @@ def output_settings(cfg: Config, teacher: dict) -> dict:
         "teacher_weights_sha": teacher["weights_sha"], "tokenizer_sha": teacher["tokenizer_sha"],
         "vocab_sha": teacher["vocab_sha"], "n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p,
         "eval_temperature": gen.eval_temperature, "eval_top_p": gen.eval_top_p, "think_start": gen.think_start,
-        "teacher_context": section_hash(context_of(cfg)),
+        "teacher_context": section_hash(dataclasses.asdict(context_of(cfg))),
         "max_new_tokens": gen.max_new_tokens, "max_model_len": gen.engine.max_model_len, "top_k": gen.top_k,
         "think_end": gen.think_end, "system_prompt": gen.system_prompt, "seed": cfg.run.seed,
         "per_request_seed": gen.per_request_seed, "logprobs_mode": "raw_logprobs",
@@ -185,7 +186,7 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict], score: bool, context: list[dict]):
+def _render(tokenizer, prompts: list[dict], gen, skipped: list[dict], score: bool, context: TeacherContext):
     """Yield (prompt, text, ids) for the engine, or with `score` (prompt, text, ids, completion ids
     ending in EOS); a prompt (plus completion) too long for the context goes to `skipped`."""
     for p in prompts:
@@ -441,7 +442,7 @@ def score_imported(cfg: Config, shard: tuple[int, int], imported: dict) -> dict 
         engine = VLLMTeacher(teacher["path"], cfg, score=True)
         think_end_ids = _think_end_ids(tokenizer, gen.think_end)
         t0 = time.time()
-        with progress(len(mine), len(mine) - len(pending)) as bar:
+        with progress(len(mine), len(mine) - len(pending), "generate --score", "sample") as bar:
             for prompt, text, ids, (c,) in engine.score(itertools.chain([first], rendered)):
                 s = prompt["sample"]
                 gen_row, topk_row = sample_rows(prompt, text, ids, s["sample_idx"], c, tokenizer, think_end_ids,

@@ -7,6 +7,8 @@ row into chat-template text and ids here, so every model sees the prompt the tea
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -41,42 +43,89 @@ def _with_system(messages: list[dict], text: str) -> list[dict]:
     return [{"role": "system", "content": text}, *messages]
 
 
-def teacher_context(setting: str, base: Path | None = None) -> list[dict]:
-    """generate.teacher_context -> chat messages for the teacher only: [] for "", the built-in
+@dataclass(frozen=True)
+class TeacherContext:
+    """What the teacher alone is shown before a request: system text and worked examples (user,
+    assistant message pairs). With `per_request` k > 0 and more examples than k, each request gets
+    the k whose question is most like its own (Jaccard of character trigrams, which reads Chinese
+    as well as English), least alike first so the nearest sits next to the request; a question
+    identical to the request's is never shown (it would hand the teacher the answer)."""
+
+    system: tuple[str, ...] = ()
+    examples: tuple[tuple[dict, dict], ...] = ()
+    per_request: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.system or self.examples)
+
+    @cached_property
+    def _grams(self) -> list[set[str]]:
+        return [_trigrams(user["content"]) for user, _ in self.examples]
+
+    def examples_for(self, request: str) -> list[tuple[dict, dict]]:
+        k = self.per_request
+        if not k or len(self.examples) <= k:
+            return list(self.examples)
+        mine = _trigrams(request)
+        scored = sorted(((-len(mine & g) / max(len(mine | g), 1), i) for i, g in enumerate(self._grams)
+                         if self.examples[i][0]["content"] != request))
+        return [self.examples[i] for _, i in reversed(scored[:k])]
+
+
+def _trigrams(text: str) -> set[str]:
+    text = " ".join(text.lower().split())
+    return {text[i:i + 3] for i in range(max(len(text) - 2, 1))}
+
+
+def teacher_context(setting: str, base: Path | None = None, per_request: int = 0) -> TeacherContext:
+    """generate.teacher_context -> what the teacher alone sees: nothing for "", the built-in
     vehicle task's system prompt and worked examples for "vehicle", else a JSON file holding a list
-    of {role, content} messages (relative to `base`, the config file's folder)."""
+    of {role, content} messages (relative to `base`, the config file's folder): system messages,
+    then worked examples as user/assistant pairs."""
     if not setting:
-        return []
+        return TeacherContext()
     if setting == "vehicle":
         from pipeline import vehicle
 
-        return [{"role": "system", "content": vehicle.SYSTEM_PROMPT}, *vehicle.TEACHER_CONTEXT]
-    path = Path(setting) if base is None or Path(setting).is_absolute() else Path(base) / setting
-    try:
-        messages = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"generate.teacher_context: {path}: {e}") from None
-    if not (isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-            for m in messages)):
-        raise PipelineError(f"generate.teacher_context: {path}: expected a JSON list of {{role, content}} messages")
-    return messages
+        messages = [{"role": "system", "content": vehicle.SYSTEM_PROMPT}, *vehicle.TEACHER_CONTEXT]
+        where = "vehicle"
+    else:
+        path = Path(setting) if base is None or Path(setting).is_absolute() else Path(base) / setting
+        try:
+            messages = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise PipelineError(f"generate.teacher_context: {path}: {e}") from None
+        where = path
+        if not (isinstance(messages, list) and messages and all(
+                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str) for m in messages)):
+            raise PipelineError(f"generate.teacher_context: {path}: expected a JSON list of {{role, content}} messages")
+    turns = [m for m in messages if m["role"] != "system"]
+    pairs = list(zip(turns[::2], turns[1::2]))
+    if len(turns) % 2 or any((u["role"], a["role"]) != ("user", "assistant") for u, a in pairs):
+        raise PipelineError(f"generate.teacher_context: {where}: after the system messages, expected worked "
+                            "examples as user, assistant pairs")
+    return TeacherContext(tuple(m["content"] for m in messages if m["role"] == "system"), tuple(pairs), per_request)
 
 
-def context_of(cfg) -> list[dict]:
-    """A config's teacher-only context (generate.teacher_context), a file relative to the config's folder."""
-    return teacher_context(cfg.generate.teacher_context, Path(cfg.file).parent if cfg.file else None)
+def context_of(cfg) -> TeacherContext:
+    """A config's teacher-only context (generate.teacher_context, a file relative to the config's
+    folder; generate.teacher_examples of its worked examples per request)."""
+    return teacher_context(cfg.generate.teacher_context, Path(cfg.file).parent if cfg.file else None,
+                           cfg.generate.teacher_examples)
 
 
-def with_context(prompt: dict, context: list[dict]) -> dict:
-    """The prompt as the teacher sees it: the context's system message joined before the prompt's
-    own, then the context's worked examples, then the prompt's conversation."""
+def with_context(prompt: dict, context: TeacherContext) -> dict:
+    """The prompt as the teacher sees it: the context's system text joined before the prompt's
+    own, then the worked examples chosen for its last user message, then its conversation."""
     if not context:
         return prompt
-    system = [m["content"] for m in context + prompt["messages"] if m["role"] == "system"]
-    rest = [m for m in context if m["role"] != "system"] + [m for m in prompt["messages"] if m["role"] != "system"]
+    own = prompt["messages"]
+    system = [*context.system, *(m["content"] for m in own if m["role"] == "system")]
+    request = next((m["content"] for m in reversed(own) if m["role"] == "user"), "")
+    examples = [m for pair in context.examples_for(request) for m in pair]
     head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
-    return {**prompt, "messages": head + rest}
+    return {**prompt, "messages": head + examples + [m for m in own if m["role"] != "system"]}
 
 
 def render(tokenizer, prompt: dict, system_prompt: bool, think_start: str = "") -> tuple[str, list[int]]:

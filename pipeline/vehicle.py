@@ -12,7 +12,9 @@ Every (class, language) has train-only and eval-only templates, so no eval utter
 template with other values; eval also never repeats a train question or a TEACHER_CONTEXT example,
 whose examples come from train templates. The same seed always gives the same rows, all distinct;
 the templates hold about 3,000 train and 2,000 eval rows (more raise ValueError). SYSTEM_PROMPT and
-TEACHER_CONTEXT (worked examples) are meant for the teacher's prompt only.
+TEACHER_CONTEXT (worked examples: eight written by hand, then EXAMPLE_POOL rows drawn from train
+templates, from which generate.teacher_examples picks the ones most like each request) are meant
+for the teacher's prompt only.
 """
 from __future__ import annotations
 
@@ -382,13 +384,16 @@ _EXAMPLES = [
     ("Tell me a joke about traffic", "Why did the traffic light blush? Everyone saw it change."),
     ("充满电能跑多远？", "续航取决于车况和驾驶习惯，仪表盘上会显示当前的预计续航里程。"),
 ]
-TEACHER_CONTEXT = [m for question, answer in _EXAMPLES for m in (
-    {"role": "user", "content": question},
-    {"role": "assistant", "content": answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)})]
-
 LANGUAGES = ("en", "zh")
 NO_CALL_EVERY = 7  # rows 6, 13, 20, ... are no_call
 _TRIES = 1000  # fresh wordings sought per row before giving up
+# Worked examples drawn from train templates: a 135M teacher shown the four most like the request
+# made the exact call on 69% of train requests (greedy), against 22% with a fixed dozen and 0%
+# with the tools alone (measured on 120 requests).
+EXAMPLE_POOL, EXAMPLE_SEED = 240, 7
+# What a no_call example answers: the teacher learns to decline briefly in the user's language.
+_DECLINE = {"en": "I can't do that with the car's controls, but I'm happy to help with something else.",
+            "zh": "这个我用车上的功能做不到，还有什么可以帮您？"}
 
 
 def templates(cls: str, lang: str, split: str) -> list[tuple[str, dict]]:
@@ -439,6 +444,22 @@ def generate(n: int, split: str, seed: int, exclude: AbstractSet[str] = frozense
             "reference": json.dumps(call, ensure_ascii=False), "tools": TOOLS_JSON, "language": lang, "class": cls,
             "difficulty": len(args)}))
     return out
+
+
+def worked_examples() -> list[dict]:
+    """TEACHER_CONTEXT: the hand-written examples, then EXAMPLE_POOL rows of train templates, as
+    user/assistant messages (a call as its JSON, a no_call row as a brief refusal)."""
+    pairs = list(_EXAMPLES)
+    seen = {q for q, _ in pairs}
+    for _, row in generate(EXAMPLE_POOL, "train", EXAMPLE_SEED, exclude=seen):
+        call = json.loads(row["reference"])
+        pairs.append((row["question"], call or _DECLINE[row["language"]]))
+    return [m for question, answer in pairs for m in (
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)})]
+
+
+TEACHER_CONTEXT = worked_examples()
 
 
 def splits(n_train: int, n_eval: int, seed: int) -> dict[str, list[dict]]:

@@ -4,13 +4,15 @@ prepare, the invalid_call rule, and eval's per-class measures."""
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 from transformers import AutoTokenizer
 
 from pipeline import eval as eval_stage
 from pipeline import vehicle
 from pipeline.cli import main
-from pipeline.render import render, with_context
+from pipeline.errors import PipelineError
+from pipeline.render import TeacherContext, render, teacher_context, with_context
 from tests.conftest import write_config
 from tests.test_clean import _prompt, _run, _sample
 
@@ -25,14 +27,41 @@ def test_one_renderer_tools_system_rule_and_context(tiny_tokenizer_dir, student_
     assert ids == teacher.encode(text, add_special_tokens=False)
     no_system, _ = render(teacher, PROMPT, system_prompt=False)  # R1's rule: no system prompt of the user's
     assert "Be brief." not in no_system and "set_fan_speed(level" in no_system
-    context = [{"role": "system", "content": "Reply with JSON."}, {"role": "user", "content": "fan to 3"},
-               {"role": "assistant", "content": '{"name": "set_fan_speed", "arguments": {"level": 3}}'}]
+    context = TeacherContext(("Reply with JSON.",), (({"role": "user", "content": "fan to 3"}, {
+        "role": "assistant", "content": '{"name": "set_fan_speed", "arguments": {"level": 3}}'}),))
     seen, _ = render(teacher, with_context(PROMPT, context), system_prompt=True)
     assert seen.index("Reply with JSON.") < seen.index("Be brief.") < seen.index("fan to 3") < seen.index("I'm cold")
     # a student with another tokenizer gets the same messages in its own template, and no context
     s_text, _ = render(student, PROMPT, system_prompt=True)
     assert s_text.startswith("<|start|>system") and "Be brief." in s_text and "set_window(" in s_text
     assert "fan to 3" not in s_text
+
+
+def _pair(question: str, answer: str = "{}") -> tuple[dict, dict]:
+    return {"role": "user", "content": question}, {"role": "assistant", "content": answer}
+
+
+def test_teacher_examples_nearest_first_never_the_request_itself(tmp_path):
+    pool = (_pair("open the sunroof"), _pair("set the fan to two"), _pair("close the sunroof"),
+            _pair("hey car, open the sunroof"), _pair("把音量调到十"), _pair("call mom"))
+    context = TeacherContext(("Reply with JSON.",), pool, per_request=2)
+    request = {"messages": [{"role": "user", "content": "open the sunroof"}], "tools": None}
+    seen = [m["content"] for m in with_context(request, context)["messages"]]
+    # the two most alike, least alike first; the identical question is never shown
+    assert seen == ["Reply with JSON.", "close the sunroof", "{}", "hey car, open the sunroof", "{}",
+                    "open the sunroof"]
+    chinese = {"messages": [{"role": "user", "content": "音量调到十五"}], "tools": None}
+    assert with_context(chinese, context)["messages"][-2:][0]["content"] == "{}"
+    assert with_context(chinese, context)["messages"][-3]["content"] == "把音量调到十"
+    # no more examples than k: all of them, in the file's order
+    assert [m["content"] for m in with_context(request, TeacherContext((), pool[:2], 2))["messages"]] == [
+        "open the sunroof", "{}", "set the fan to two", "{}", "open the sunroof"]
+    # a file must hold user/assistant pairs after its system messages
+    bad = tmp_path / "ctx.json"
+    bad.write_text(json.dumps([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]))
+    with pytest.raises(PipelineError, match="user, assistant pairs"):
+        teacher_context(str(bad))
+    assert len(teacher_context("vehicle", per_request=4).examples) == 8 + vehicle.EXAMPLE_POOL
 
 
 def test_vehicle_task_through_prepare(tmp_path):
