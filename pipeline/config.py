@@ -108,11 +108,15 @@ class InputConfig:
     split_column: str = ""  # column holding each row's split (train / eval)
     hf_split: str = "train"  # which split of a Hugging Face dataset to read
     prompt: str = "prompt"  # column with the prompt text (ignored when messages is set)
-    messages: str = ""  # column with chat messages [{role, content}, ...] instead of prompt text
+    # column with chat messages [{role, content}, ...] instead of prompt text; a list of turns (lists of
+    # messages, BFCL's `question`) is read as one conversation, the turns in order
+    messages: str = ""
     system: str = ""  # column with a per-row system prompt
     system_prompt: str = ""  # one system prompt for every row of this input
     tools: str = ""  # column with tool (function) schemas, a JSON string or a list
     reference: str = ""  # column with the reference answer
+    # a second file (JSONL, Parquet, CSV) holding `reference` per `id`: BFCL keeps its answers apart from its questions
+    reference_file: str = ""
     reference_pattern: str = ""  # regex whose one group is the final answer in a worked-solution reference (GSM8K: "#### (.+)$")
     id: str = ""  # column with the user's own row id (must be unique)
     source: str = ""  # column naming each row's source; default: the input's file name
@@ -134,6 +138,9 @@ class InputConfig:
             except re.error as e:
                 raise ConfigError(f"reference_pattern: not a regular expression ({e})") from None
             _check(groups == 1, "reference_pattern", f"needs exactly one (group), has {groups}")
+        if self.reference_file:
+            _check(bool(self.id and self.reference), "reference_file", "needs id and reference: the join key and the "
+                   "answer column")
 
 
 TASKS = ("math", "exact", "choice", "tool")
@@ -162,6 +169,7 @@ class TraceInputConfig(InputConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(not (self.messages and self.conversations), "conversations", "give messages or conversations, not both")
+        _check(not self.reference_file, "reference_file", "is read by prepare only; import takes reference from the row")
         _check(not self.records or self.format in ("auto", "json"), "records", "only for a JSON document (format json)")
         _check(all(r in ("system", "user", "assistant") for r in self.roles.values()), "roles",
                "maps the file's role names to system, user or assistant")
@@ -712,6 +720,9 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     relative to the working directory: runs go where the command is given."""
     for spec in [*cfg.prepare.inputs, *cfg.traces.inputs, *cfg.clean.decontam_files]:
         spec.path = _beside(base, spec.path, spec.format)
+    for spec in cfg.prepare.inputs:
+        if spec.reference_file:
+            spec.reference_file = _beside(base, spec.reference_file)
     cfg.clean.sql_dir = _beside(base, cfg.clean.sql_dir)
 
 

@@ -6,8 +6,9 @@ prompts table (artifacts/<run>/prepare/prompts.parquet).
 Each row is mapped through its input's column mapping, cleaned (Unicode normalization, control
 characters, surrounding whitespace), keyed by a hash of its canonical messages, and dropped when
 empty or an exact duplicate; a prompt given in train and in eval is kept in eval only, and
-counted. A bad row is a one-line error naming file and line, or with
-`on_error: skip` a row of prepare/rejects.parquet.
+counted. An input's `reference_file` supplies its references by id (BFCL's possible_answer
+files). A bad row is a one-line error naming file and line, or with `on_error: skip` a row of
+prepare/rejects.parquet.
 """
 from __future__ import annotations
 
@@ -118,6 +119,7 @@ def run(cfg: Config) -> dict:
 
 def _read(spec: InputConfig) -> Iterator[tuple[int, dict | RowError]]:
     fmt = resolve_format(spec.path, spec.format)
+    references = _references(spec) if spec.reference_file else None
     first = True
     seen: set = set()
     for line, row in read_rows(spec.path, fmt, spec.hf_split):
@@ -126,9 +128,43 @@ def _read(spec: InputConfig) -> Iterator[tuple[int, dict | RowError]]:
                 _require_columns(spec, row.keys(), _mapped(spec))
             first = False
             seen.update(row.keys())
+            if references is not None:
+                row = _joined(row, spec, references)
         yield line, row
     # JSONL rows may omit an optional key, but a mapped key that no row has is a misspelling
     _require_columns(spec, seen, _mapped(spec))
+
+
+def _references(spec: InputConfig) -> dict[str, object]:
+    """id -> reference of the input's reference_file (BFCL's possible_answer files). A broken
+    answer file is a file error: skipping a line would only reject its question later."""
+    path = spec.reference_file
+    if not Path(path).is_file():
+        raise PipelineError(f"{path}: no such file")
+    references: dict[str, object] = {}
+    first_line: dict[str, int] = {}
+    for line, row in read_rows(path, resolve_format(path, "auto")):
+        if isinstance(row, RowError):
+            raise PipelineError(f"{path}:{line}: {row}")
+        key = row.get(spec.id)
+        if not isinstance(key, (str, int)) or spec.reference not in row:
+            raise PipelineError(f"{path}:{line}: needs a string or integer '{spec.id}' and a '{spec.reference}' "
+                                f"(columns: {', '.join(map(str, row))})")
+        key = str(key)
+        if key in references:
+            raise PipelineError(f"{path}:{line}: duplicate id {key!r} (first at line {first_line[key]})")
+        references[key], first_line[key] = row[spec.reference], line
+    return references
+
+
+def _joined(row: dict, spec: InputConfig, references: dict[str, object]) -> dict | RowError:
+    """The row with its reference from reference_file, found by id; a row with none is a row error."""
+    key = row.get(spec.id)
+    if key is None:
+        return RowError(f"column '{spec.id}' is empty: no id to find its reference by")
+    if str(key) not in references:
+        return RowError(f"id {str(key)!r} has no row in {Path(spec.reference_file).name}")
+    return {**row, spec.reference: references[str(key)]}
 
 
 def resolve_format(path: str, fmt: str) -> str:
@@ -160,7 +196,8 @@ def read_rows(path: str, fmt: str, hf_split: str = "train") -> Iterator[tuple[in
 
 
 def _mapped(spec: InputConfig) -> list[str]:
-    return [c for c in (spec.messages or spec.prompt, spec.system, spec.tools, spec.reference, spec.id, spec.source,
+    reference = "" if spec.reference_file else spec.reference  # that column is in the other file
+    return [c for c in (spec.messages or spec.prompt, spec.system, spec.tools, reference, spec.id, spec.source,
                         spec.difficulty, spec.split_column, spec.completion, spec.language) if c]
 
 
@@ -259,8 +296,11 @@ def to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
         if split not in ("train", "eval"):
             raise RowError(f"column '{spec.split_column}' must be train or eval, got {split!r}")
     reference = row.get(spec.reference) if spec.reference else None
+    if isinstance(reference, (list, dict)) and spec.task == "tool":
+        reference = json.dumps(reference, ensure_ascii=False)  # BFCL's possible answers, stored as JSON text
     if reference is not None and not isinstance(reference, (str, int, float)):
-        raise RowError(f"column '{spec.reference}' must be a string or number, got {type(reference).__name__}")
+        raise RowError(f"column '{spec.reference}' must be a string or number (a list or object only with task: "
+                       f"tool), got {type(reference).__name__}")
     source_id = row.get(spec.id) if spec.id else None
     if source_id is not None and not isinstance(source_id, (str, int)):
         raise RowError(f"column '{spec.id}' must be a string or integer, got {type(source_id).__name__}")
@@ -321,10 +361,13 @@ def _messages(value, column: str, form: str) -> list[dict]:
             value = json.loads(value)
         except json.JSONDecodeError:
             raise RowError(f"column '{column}' is not a JSON list of messages") from None
+    if isinstance(value, list) and value and all(isinstance(turn, list) for turn in value):
+        value = [m for turn in value for m in turn]  # BFCL's `question`: a list of turns, read as one conversation
     ok = isinstance(value, list) and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
     if not ok or not value:
-        raise RowError(f"column '{column}' must be a non-empty list of {{role, content}} strings")
+        raise RowError(f"column '{column}' must be a non-empty list of {{role, content}} strings, or of turns "
+                       "(lists of them)")
     for m in value:
         if m["role"] not in ROLES:
             raise RowError(f"column '{column}': unknown role {m['role']!r} (known: {', '.join(ROLES)})")

@@ -112,6 +112,8 @@ PREPARE_CASES = [
     ("dupid.jsonl", _jsonl({"prompt": "a", "i": 1}, {"prompt": "b", "i": 1}), ", id: i",
      ":2: duplicate id '1' with other content"),
     ("role.jsonl", _jsonl({"m": [{"role": "bot", "content": "hi"}]}), ", messages: m", ":1: column 'm': unknown role 'bot'"),
+    ("turns.jsonl", _jsonl({"m": [[{"role": "user", "content": "hi"}], {"role": "user", "content": "x"}]}),
+     ", messages: m", ":1: column 'm' must be a non-empty list of {role, content} strings, or of turns"),
     ("tools.jsonl", _jsonl({"prompt": "a", "t": {"name": "f"}}), ", tools: t", ":1: column 't' must be a list"),
     ("toolname.jsonl", _jsonl({"prompt": "a", "t": [{"parameters": {"type": "object"}}]}), ", tools: t",
      ":1: column 't': tool 0: needs a string 'name'"),
@@ -142,6 +144,20 @@ def test_prepare_missing_input_file(tmp_path):
         prepare: {{inputs: [{{path: {tmp_path / 'nope.jsonl'}}}]}}
         """)
     _expect_one_line(["prepare", cfg], "nope.jsonl: no such file")
+
+
+@pytest.mark.parametrize("answers,needle", [
+    ([{"id": "simple_0", "ground_truth": []}], "BFCL_v3_simple.json:2: id 'simple_1' has no row in answers.json"),
+    ([{"id": "simple_0", "ground_truth": []}, {"ground_truth": []}], "answers.json:2: needs a string or integer 'id'"),
+    ([{"id": "simple_0", "ground_truth": []}] * 2, "answers.json:2: duplicate id 'simple_0' (first at line 1)"),
+])
+def test_prepare_reference_file_without_an_answer_for_an_id(tmp_path, answers, needle):
+    (tmp_path / "answers.json").write_bytes(_jsonl(*answers))
+    questions = [{"id": f"simple_{i}", "question": [[{"role": "user", "content": f"q{i}"}]]} for i in range(2)]
+    cfg, _ = _prepare_case(tmp_path, "BFCL_v3_simple.json", _jsonl(*questions),
+                           ", messages: question, id: id, task: tool, reference_file: answers.json, "
+                           "reference: ground_truth")
+    _expect_one_line(["prepare", cfg], needle, root=tmp_path / "artifacts")
 
 
 def test_prepare_accepts_a_bom_and_drops_a_repeated_row(tmp_path):

@@ -1,10 +1,15 @@
 """Tool-call parsing and BFCL-style scoring: a table of outputs against references, plus references,
-schema validation and two entries in BFCL's own shape."""
+schema validation, entries in BFCL's own shape, and BFCL's files through `distill prepare`."""
 import json
 
+import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from pipeline import prepare, scoring
+from pipeline.cli import main
 from pipeline.toolcalls import Call, parse_calls, parse_reference, score, validate_call
+from tests.conftest import write_config
 
 TEMP = {"name": "set_temperature", "arguments": {"zone": "driver", "celsius": 21}}
 # BFCL possible answer: alternatives per argument, "" = may be omitted
@@ -240,3 +245,96 @@ def test_bfcl_entries(entry, answer, output, correct):
     assert verdict.correct is correct, verdict.reason
     if correct:
         assert all(validate_call(call, entry["function"]) is None for call in verdict.predicted)
+
+
+# A second entry of each category, for files of several lines.
+BFCL_SIMPLE_2 = {
+    "id": "simple_13",
+    "question": [[{"role": "user", "content": "Calculate the factorial of 5 using math functions."}]],
+    "function": [{"name": "math.factorial", "description": "Calculate the factorial of a given number.",
+                  "parameters": {"type": "dict", "properties": {
+                      "number": {"type": "integer", "description": "The number for which factorial is needed."}},
+                      "required": ["number"]}}],
+}
+BFCL_SIMPLE_2_ANSWER = {"id": "simple_13", "ground_truth": [{"math.factorial": {"number": [5]}}]}
+BFCL_MULTIPLE_2 = {
+    "id": "multiple_5",
+    "question": [[{"role": "user", "content": "How many calories does a 30 minute run at 10 km/h burn for a "
+                                              "70 kg person?"}]],
+    "function": [
+        {"name": "fitness.calories", "description": "Calories burnt by an exercise.",
+         "parameters": {"type": "dict", "properties": {
+             "activity": {"type": "string"}, "minutes": {"type": "integer"}, "speed_kmh": {"type": "float"},
+             "weight_kg": {"type": "float"}}, "required": ["activity", "minutes", "weight_kg"]}},
+        {"name": "fitness.bmi", "description": "Body mass index.",
+         "parameters": {"type": "dict", "properties": {"weight_kg": {"type": "float"}, "height_cm": {"type": "float"}},
+                        "required": ["weight_kg", "height_cm"]}}],
+}
+BFCL_MULTIPLE_2_ANSWER = {"id": "multiple_5", "ground_truth": [
+    {"fitness.calories": {"activity": ["running", "run"], "minutes": [30], "speed_kmh": [10.0, ""],
+                          "weight_kg": [70.0]}}]}
+
+# The README's mapping of BFCL's files: `question` (a list of turns) as the messages, `function` as the tools,
+# the answers joined by id from the possible_answer file of the same name.
+BFCL_CONFIG = """
+    run: {{name: bfcl, artifacts_dir: {artifacts}}}
+    prepare:
+      inputs:
+        - {{path: BFCL_v3_simple.json, messages: question, tools: function, id: id, task: tool, split: eval,
+           reference_file: possible_answer/BFCL_v3_simple.json, reference: ground_truth}}
+        - {{path: BFCL_v3_multiple.json, messages: question, tools: function, id: id, task: tool, split: eval,
+           reference_file: possible_answer/BFCL_v3_multiple.json, reference: ground_truth}}
+    """
+
+
+def _write_bfcl(root, simple_answers=(BFCL_SIMPLE_ANSWER, BFCL_SIMPLE_2_ANSWER)):
+    """BFCL's layout: data files of one JSON object a line, named .json, and possible_answer/ beside them."""
+    (root / "possible_answer").mkdir(parents=True)
+    for name, rows in {"BFCL_v3_simple.json": [BFCL_SIMPLE, BFCL_SIMPLE_2],
+                       "BFCL_v3_multiple.json": [BFCL_MULTIPLE, BFCL_MULTIPLE_2],
+                       "possible_answer/BFCL_v3_simple.json": simple_answers,
+                       "possible_answer/BFCL_v3_multiple.json": [BFCL_MULTIPLE_2_ANSWER, BFCL_MULTIPLE_ANSWER]}.items():
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return write_config(root / "bfcl.yaml", BFCL_CONFIG.format(artifacts=root / "artifacts"))
+
+
+@pytest.mark.parametrize("entry,answer,right,wrong", [
+    (BFCL_SIMPLE, BFCL_SIMPLE_ANSWER, '[geometry.triangle_area(base=10, height=5, unit="m")]',
+     '[geometry.triangle_area(base=5, height=10)]'),
+    (BFCL_SIMPLE_2, BFCL_SIMPLE_2_ANSWER, '{"name": "math.factorial", "arguments": {"number": 5}}',
+     '{"name": "math.factorial", "arguments": {"number": "5"}}'),
+    (BFCL_MULTIPLE, BFCL_MULTIPLE_ANSWER, '<tool_call>{"name": "weather.forecast", "arguments": {"city": "berlin", '
+     '"days": 3, "units": "celsius"}}</tool_call>', '[weather.forecast(city="Berlin", days=3, units="fahrenheit")]'),
+    (BFCL_MULTIPLE_2, BFCL_MULTIPLE_2_ANSWER, '[fitness.calories(activity="running", minutes=30, weight_kg=70)]',
+     '[fitness.bmi(weight_kg=70, height_cm=180)]'),
+])
+def test_bfcl_files_through_prepare_then_scored(tmp_path, entry, answer, right, wrong):
+    result = CliRunner().invoke(main, ["prepare", str(_write_bfcl(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "read 4, rejected 0, dropped_empty 0, dropped_duplicate 0, kept 4" in result.output
+    row, = [r for r in pq.read_table(tmp_path / "artifacts/bfcl/prepare/prompts.parquet").to_pylist()
+            if r["source_id"] == entry["id"]]
+    assert row["messages"] == entry["question"][0] and json.loads(row["tools"]) == entry["function"]
+    assert json.loads(row["reference"]) == answer["ground_truth"]
+    assert (row["task"], row["split"], row["source"]) == ("tool", "eval", f"BFCL_v3_{entry['id'].split('_')[0]}.json")
+    # the stored possible answer scores as BFCL's does, with the tools and on clean's verify path
+    tools = json.loads(row["tools"])
+    assert score(right, row["reference"], tools).correct and not score(wrong, row["reference"], tools).correct
+    assert scoring.is_correct(scoring.extract(right, "tool"), row["reference"], "tool")
+    assert not scoring.is_correct(scoring.extract(wrong, "tool"), row["reference"], "tool")
+
+
+def test_bfcl_turns_are_one_conversation_and_a_missing_answer_is_named(tmp_path):
+    turns = [[{"role": "user", "content": "Book a table."}],
+             [{"role": "user", "content": "For two, at 8."}]]
+    assert prepare._messages(turns, "question", "NFC") == [
+        {"role": "user", "content": "Book a table."}, {"role": "user", "content": "For two, at 8."}]
+    with pytest.raises(prepare.RowError, match="column 'question' must be a non-empty list .* or of turns"):
+        prepare._messages([turns[0], {"role": "user", "content": "x"}], "question", "NFC")
+    # simple_13's answer missing: with --on-error skip its question is a rejects row naming the id
+    cfg = _write_bfcl(tmp_path, simple_answers=[BFCL_SIMPLE_ANSWER])
+    result = CliRunner().invoke(main, ["prepare", str(cfg), "--on-error", "skip"])
+    assert result.exit_code == 0, result.output
+    assert "read 4, rejected 1" in result.output
+    rejects = pq.read_table(tmp_path / "artifacts/bfcl/prepare/rejects.parquet").to_pylist()
+    assert [(r["line"], r["reason"]) for r in rejects] == [(2, "id 'simple_13' has no row in BFCL_v3_simple.json")]
