@@ -1,7 +1,7 @@
 """`distill bench NAME [CONFIG]`: measured speed, size and memory, side by side in one run, into
 artifacts/bench/NAME.json. Ratios, not absolute times, are the targets: these machines are noisy.
 
-    distill bench generate configs/quickstart.yaml
+    distill bench generate configs/arithmetic.yaml
 """
 from __future__ import annotations
 

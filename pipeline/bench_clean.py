@@ -1,7 +1,7 @@
 """`distill bench clean`: the whole `distill clean` on synthetic generations of realistic shape,
 and the rules against a pandas implementation of the same rules, into artifacts/bench/clean.json.
 
-    distill bench clean configs/quickstart.yaml --rows 1000000
+    distill bench clean configs/arithmetic.yaml --rows 1000000
 
 Rows carry ~2 KB of reasoning text and one planted defect in every 40 rows per rule; one prompt in
 ten is Chinese with Chinese reasoning, and the English text carries typographic punctuation and

@@ -1,7 +1,7 @@
 """`distill bench quality`: what KD buys over SFT, on the same data, steps and seeds, into
 artifacts/bench/quality.json.
 
-    distill bench quality configs/quickstart.yaml --seeds 2
+    distill bench quality configs/arithmetic.yaml --seeds 2
 
 The run's cached traces (models, prepare, generate and clean run first if they have not) train
 four students per seed, each with the config's train settings:

@@ -1,7 +1,7 @@
 """`distill bench train`: SFT-only steps against KD steps (k=20) with the same student, batch and
 sequences, into artifacts/bench/train.json.
 
-    distill bench train configs/quickstart.yaml --seq-len 4096 --steps 4
+    distill bench train configs/arithmetic.yaml --seq-len 4096 --steps 4
 
 Each mode trains in its own process (so its peak memory is its own: RSS on CPU, the allocator's
 peak on a GPU), alternating SFT, KD, KD across tokenizers, twice; the faster of the two runs per
