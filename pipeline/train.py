@@ -131,6 +131,14 @@ def _add_distill_head(model) -> None:
     model.forward = types.MethodType(forward, model)
 
 
+def _checkpoint_dtype(model_dir: Path) -> torch.dtype | None:
+    """The floating dtype a checkpoint's config declares, if any."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    name = config.get("torch_dtype") or config.get("dtype")
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+
+
 def collate(pad_id: int, k: int):
     """Pad a batch: labels -100 on prompt and padding, top-k targets placed at completion positions
     (ids -1 where there is no candidate). Rows aligned across tokenizers also get `groups` (a
@@ -238,6 +246,12 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None, callback
         return {}
     final = trainer.model.merge_and_unload() if t.lora_r else trainer.model
     final.forward = type(final).forward.__get__(final)  # drop the distill head before saving
+    # Saved in the starting checkpoint's dtype (bf16 for the pruned student): what a device loads,
+    # and half the disk of the fp32 copy trained on a CPU.
+    dtype = _checkpoint_dtype(student_dir)
+    if dtype is not None:
+        final.to(dtype)
+        state = None if state is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with_tmp = out / f".model{TMP_SUFFIX}"
     shutil.rmtree(with_tmp, ignore_errors=True)
     final.save_pretrained(with_tmp, state_dict=state)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -27,16 +30,20 @@ def chromium() -> str:
 
 
 def inspect_page(url: str, screenshot: Path) -> dict:
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes (renderer, crashpad) outlive the main one by a moment and keep
+    # writing to the profile: the whole process group is stopped before the profile is removed, and
+    # a file a straggler writes after that does not fail the test.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             port = _devtools_port(proc)
             targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
             page = next(t for t in targets if t["type"] == "page")
             return asyncio.run(_inspect(page["webSocketDebuggerUrl"], url, screenshot))
         finally:
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=10)
 
 

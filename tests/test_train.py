@@ -10,6 +10,7 @@ import torch
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import train
 from tests.conftest import ROOT, copy_traced, distill_cli
 
 
@@ -155,3 +156,11 @@ def test_accelerate_configs_load(name):
     assert c.num_processes >= 2 and c.distributed_type.value in ("MULTI_GPU", "DEEPSPEED", "FSDP")
     if name == "deepspeed_zero3":
         assert c.deepspeed_config["zero_stage"] == 3
+
+
+@pytest.mark.parametrize("config,dtype", [({"dtype": "bfloat16"}, torch.bfloat16),
+                                          ({"torch_dtype": "float32"}, torch.float32), ({}, None),
+                                          ({"dtype": "int8"}, None), ({"dtype": "no_such"}, None)])
+def test_student_is_saved_in_its_checkpoints_dtype(tmp_path, config, dtype):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert train._checkpoint_dtype(tmp_path) == dtype
