@@ -80,7 +80,8 @@ def synthesize(out: Path, rows: int) -> tuple[Path, Path]:
         FROM range({rows // 2}) t(q)""")
     con.execute(f"""COPY (SELECT prompt_id, [{{'role': 'user', 'content': question}}] AS messages, NULL::VARCHAR AS tools,
                                  reference, 'math' AS task, 'synthetic' AS source, NULL::VARCHAR AS source_id,
-                                 (q % 5)::INTEGER AS difficulty, split, NULL::VARCHAR AS completion, language FROM p)
+                                 (q % 5)::INTEGER AS difficulty, split, NULL::VARCHAR AS completion, language,
+                                 NULL::VARCHAR AS parent_prompt_id, NULL::VARCHAR AS template FROM p)
                     TO '{prompts}.tmp' (FORMAT parquet)""")
     con.execute(f"""COPY (
         WITH s AS (
