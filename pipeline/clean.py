@@ -18,6 +18,7 @@ the manifest.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -26,6 +27,8 @@ import socket
 import tempfile
 import time
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -295,16 +298,24 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int
     query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
     rows = 0
-    for batch in query.to_arrow_reader(batch_rows):
-        if not len(batch):
-            continue
-        sig = signatures(batch.column("t"), mix, c.near_dup_num_perm)
-        table = pa.table({"sample_id": batch.column("sample_id"),
-                          "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), c.near_dup_num_perm)})
-        con.register("minhash_batch", table)
-        con.execute("INSERT INTO minhash SELECT * FROM minhash_batch")
-        con.unregister("minhash_batch")
-        rows += len(batch)
+    # signatures in worker threads (pyarrow's kernels and numpy release the GIL), a few batches
+    # ahead, so every core hashes while this thread inserts; the window bounds the memory
+    workers = c.threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        for batch in itertools.chain(query.to_arrow_reader(batch_rows), [None]):
+            if batch is not None and len(batch):
+                pending.append((batch.column("sample_id"),
+                                pool.submit(signatures, batch.column("t"), mix, c.near_dup_num_perm)))
+            while pending and (batch is None or len(pending) > workers):
+                ids, sig = pending.popleft()
+                sig = sig.result()
+                table = pa.table({"sample_id": ids,
+                                  "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), c.near_dup_num_perm)})
+                con.register("minhash_batch", table)
+                con.execute("INSERT INTO minhash SELECT * FROM minhash_batch")
+                con.unregister("minhash_batch")
+                rows += len(ids)
     return rows
 
 
