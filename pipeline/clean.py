@@ -298,16 +298,16 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int
     query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
     rows = 0
-    # signatures in worker threads (pyarrow's kernels and numpy release the GIL), a few batches
-    # ahead, so every core hashes while this thread inserts; the window bounds the memory
+    # signatures in worker threads (pyarrow's kernels and numpy release the GIL), one batch each,
+    # so every core hashes; the batches in flight hold batch_rows in all, as one batch did
     workers = c.threads or os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:
         pending = deque()
-        for batch in itertools.chain(query.to_arrow_reader(batch_rows), [None]):
+        for batch in itertools.chain(query.to_arrow_reader(max(batch_rows // workers, 256)), [None]):
             if batch is not None and len(batch):
                 pending.append((batch.column("sample_id"),
                                 pool.submit(signatures, batch.column("t"), mix, c.near_dup_num_perm)))
-            while pending and (batch is None or len(pending) > workers):
+            while pending and (batch is None or len(pending) >= workers):
                 ids, sig = pending.popleft()
                 sig = sig.result()
                 table = pa.table({"sample_id": ids,
