@@ -34,6 +34,7 @@ from pipeline.config import SQL_DIR, AugmentConfig, Config
 from pipeline.errors import PipelineError
 from pipeline.files import read_table, write_table
 from pipeline.prepare import clean_text, prompt_id
+from pipeline.reasoning import join_completion
 from pipeline.render import render
 from pipeline.schema import AUGMENT, PROMPTS
 from pipeline.vehicle import words
@@ -138,7 +139,8 @@ def rewrite(cfg: Config, model_path: str, requests, total: int) -> Iterator[tupl
     with progress(total, 0, "augment", "variant") as bar:
         for request, text, ids, (c,) in engine.generate(rendered()):
             row, _ = sample_rows(request, text, ids, 0, c, tokenizer, think_end_ids, model_path)
-            reply = row["reasoning"] + (gen.think_end if row["think_end_count"] else "") + row["answer"]
+            reply = join_completion(row["reasoning"], row["answer"], gen.think_end, row["reasoning_closed"],
+                                    row["think_end_count"])
             yield request, reply, row["answer"], row["finish_reason"]
             bar.update(1)
     for r in too_long:
