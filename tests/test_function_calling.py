@@ -91,6 +91,18 @@ def test_invalid_call_rule_drops_calls_that_break_the_schema(tmp_path):
     assert "level" in verdicts["t-1"]["invalid_call"] and verdicts["t-0"]["correct"]
 
 
+def test_language_mix_does_not_judge_a_call_as_prose(tmp_path):
+    # a call's JSON names are English whatever the user's language; prose in another script still goes
+    call = '{"name": "set_fan_speed", "arguments": {"level": 3}}'
+    prompts = [dict(_prompt("t", "把风量调到三档", reference=call), task="tool", tools=vehicle.TOOLS_JSON)]
+    samples = [_sample("t", 0, "", answer=call), _sample("t", 1, "", answer="Sure, setting the fan speed for you now.")]
+    cfg_path, cfg = _run(tmp_path, extra="rules: [language_mix]", samples=samples, prompts=prompts)
+    r = CliRunner().invoke(main, ["clean", str(cfg_path)])
+    assert r.exit_code == 0, r.output
+    rejects = {x["sample_id"]: x["rule"] for x in pq.read_table(cfg.run_dir / "clean/rejects.parquet").to_pylist()}
+    assert rejects == {"t-1": "language_mix"}
+
+
 def test_tool_metrics_per_class_confusion_and_language():
     prompts = [{"prompt_id": str(i), "task": "tool", "source": "s", "difficulty": 1, "language": lang, "reference": ref,
                 "tools": vehicle.TOOLS_JSON}
