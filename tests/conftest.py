@@ -111,8 +111,12 @@ def write_config(path: Path, body: str) -> Path:
 def distill_cli(*args, check=True, **kw) -> subprocess.CompletedProcess:
     """`distill ARGS` in a fresh process from the repository root, as a user runs it."""
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=check, **kw)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, **kw)
+    if check and r.returncode:  # the failure shows the command's stderr, which CalledProcessError hides
+        raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr[-6000:]) from AssertionError(
+            f"distill {' '.join(map(str, args))} exited {r.returncode}; stderr ends:\n{r.stderr[-6000:]}")
+    return r
 
 
 def traced_config(path: Path, artifacts: Path, teacher: Path) -> Path:
