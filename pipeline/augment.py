@@ -29,7 +29,7 @@ import click
 import duckdb
 import pyarrow as pa
 
-from pipeline import clean, manifest, toolcalls
+from pipeline import clean, manifest, minhash, toolcalls
 from pipeline.config import SQL_DIR, AugmentConfig, Config
 from pipeline.errors import PipelineError
 from pipeline.files import read_table, write_table
@@ -297,15 +297,15 @@ def near_duplicates(cfg: Config, parents: dict, variants: list[dict]) -> None:
     reaches it: near_duplicate_variant."""
     c = cfg.clean
     texts = [last_message(parents[v["parent_prompt_id"]]) for v in variants]
-    sig = clean.signatures(pa.array(texts + [v["text"] for v in variants], pa.string()),
-                           clean.shingle_mix(c.near_dup_shingle, cfg.run.seed), c.near_dup_num_perm)
+    sig = minhash.signatures(pa.array(texts + [v["text"] for v in variants], pa.string()),
+                           minhash.shingle_mix(c.near_dup_shingle, cfg.run.seed), c.near_dup_num_perm)
     parent_sig, variant_sig = sig[:len(variants)], sig[len(variants):]
     kept: dict[str, list] = {}
     for v, parent_text, p, s in zip(variants, texts, parent_sig, variant_sig):
         earlier = kept.setdefault(v["parent_prompt_id"], [])
-        if clean.estimated_jaccard(p, s) >= c.near_dup_threshold or parent_text in v["text"]:
+        if minhash.estimated_jaccard(p, s) >= c.near_dup_threshold or parent_text in v["text"]:
             v["rejected"] = "near_duplicate_parent"
-        elif any(clean.estimated_jaccard(k, s) >= c.near_dup_threshold for k in earlier):
+        elif any(minhash.estimated_jaccard(k, s) >= c.near_dup_threshold for k in earlier):
             v["rejected"] = "near_duplicate_variant"
         else:
             earlier.append(s)

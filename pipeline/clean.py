@@ -26,7 +26,6 @@ import shutil
 import socket
 import tempfile
 import time
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -34,17 +33,21 @@ from pathlib import Path
 
 import click
 import duckdb
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline import manifest, prepare, traces
+from pipeline import manifest, minhash, prepare, toolcalls, traces
 from pipeline.config import CleanConfig, Config, EvalFileConfig, InputConfig
 from pipeline.errors import PipelineError
-from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, open_table, pid_alive, sql_quote
+from pipeline.files import (
+    TMP_SUFFIX,
+    atomic_path,
+    open_parquet,
+    open_table,
+    pid_alive,
+    sql_quote,
+)
 from pipeline.prepare import RowError
 from pipeline.schema import CLEAN, CLEAN_REJECTS, GENERATIONS, PROMPTS, VERDICTS
-from pipeline import toolcalls
 from pipeline.scoring import extract, is_correct
 
 # Generation columns the rules may read: text and metadata, never token ids.
@@ -166,7 +169,7 @@ def _remove_orphans(scratch: Path) -> None:
 def set_variables(con, cfg: Config, teacher_reasons: bool) -> None:
     c = cfg.clean
     values = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if not isinstance(getattr(c, f.name), list)}
-    bands, rows = lsh_params(c.near_dup_threshold, c.near_dup_num_perm)
+    bands, rows = minhash.lsh_params(c.near_dup_threshold, c.near_dup_num_perm)
     values.update(seed=cfg.run.seed, teacher_reasons=teacher_reasons, lsh_bands=bands, lsh_rows=rows)
     for name, value in values.items():
         con.execute(f"SET VARIABLE {name} = ?", [value])
@@ -281,19 +284,10 @@ def verify(con, batch_rows: int = 20000) -> int:
 # Near-duplicate signatures (numpy: one multiply-shift hash family over DuckDB's shingle hashes)
 
 
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) with bands*rows = num_perm whose S-curve midpoint (1/b)^(1/r) is the highest
-    below threshold - 0.05: pairs at the threshold are found with high probability, and the
-    signature's Jaccard estimate removes the false candidates."""
-    options = [(num_perm // r, r) for r in range(1, num_perm + 1) if num_perm % r == 0]
-    below = [(b, r) for b, r in options if (1 / b) ** (1 / r) <= threshold - 0.05]
-    return max(below, key=lambda br: (1 / br[0]) ** (1 / br[1])) if below else options[-1]
-
-
 def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int:
     """Table `minhash(sample_id, sig UINTEGER[num_perm])` over the current candidates, a batch of
     samples at a time (see signatures)."""
-    mix = shingle_mix(c.near_dup_shingle, seed)
+    mix = minhash.shingle_mix(c.near_dup_shingle, seed)
     # its own cursor, so the batches stream while `con` inserts them
     query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
@@ -306,7 +300,7 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int
         for batch in itertools.chain(query.to_arrow_reader(max(batch_rows // workers, 256)), [None]):
             if batch is not None and len(batch):
                 pending.append((batch.column("sample_id"),
-                                pool.submit(signatures, batch.column("t"), mix, c.near_dup_num_perm)))
+                                pool.submit(minhash.signatures, batch.column("t"), mix, c.near_dup_num_perm)))
             while pending and (batch is None or len(pending) >= workers):
                 ids, sig = pending.popleft()
                 sig = sig.result()
@@ -317,66 +311,6 @@ def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int
                 con.unregister("minhash_batch")
                 rows += len(ids)
     return rows
-
-
-def shingle_mix(shingle: int, seed: int) -> np.ndarray:
-    """The seeded odd multipliers that weigh a shingle's word hashes (see signatures)."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(1, 2**63, size=shingle, dtype=np.uint64) | np.uint64(1)
-
-
-def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Two signatures' Jaccard estimate, as sql/near_duplicate.sql takes it: equal bins over the
-    bins not empty in both (a bin empty in both, 2**32 - 1, says nothing about short texts)."""
-    informative = (a < np.iinfo(np.uint32).max) | (b < np.iinfo(np.uint32).max)
-    return float(((a == b) & informative).sum() / max(informative.sum(), 1))
-
-
-# Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Burmese): each
-# of their characters is a word of its own for shingles, as in sql/contaminated.sql. ー (U+30FC,
-# U+FF70 half-width) lengthens a katakana vowel but is a Common letter, not Katakana.
-SPACELESS = r"[\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]"
-
-
-def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
-    """[n] texts -> [n, bins] uint32 one-permutation MinHash signatures (Li, Owen and Zhang 2012):
-    each shingle is hashed once, its top bits pick one of `bins` bins and each bin keeps its
-    minimum, so the cost is one hash per shingle instead of one per shingle and permutation; equal
-    bins between two texts estimate their Jaccard similarity. Words are lowercased and split on
-    whitespace, and every character of a script written without spaces (SPACELESS) is a word, so
-    a Chinese text is not one long word that any changed character makes new; words are hashed
-    with crc32 (stable across runs) once per distinct word of the batch; a shingle is a weighted
-    sum of k consecutive word hashes; a text shorter than k words is one shingle. An empty bin
-    holds 2**32 - 1."""
-    # one RE2 pass, no capture group (RE2 would fill it at every match); text without such
-    # characters has no match
-    spaced = pc.replace_substring_regex(pc.utf8_lower(texts), SPACELESS, r" \0 ")
-    words = pc.utf8_split_whitespace(spaced)
-    offsets = words.offsets.to_numpy().astype(np.int64)
-    encoded = pc.dictionary_encode(words.flatten())
-    distinct = np.fromiter((zlib.crc32(w.encode()) for w in encoded.dictionary.to_pylist()), dtype=np.uint64,
-                           count=len(encoded.dictionary))
-    k, n = len(mix), len(offsets) - 1
-    lengths = np.diff(offsets)
-    # k zero words after every text, so a window starting in one text never reads into the next
-    padded = offsets[:-1] + k * np.arange(n)
-    word_hash = np.zeros(offsets[-1] + k * n, dtype=np.uint64)
-    word_hash[np.repeat(padded - offsets[:-1], lengths) + np.arange(offsets[-1])] = \
-        distinct[encoded.indices.to_numpy(zero_copy_only=False)]
-    counts = np.maximum(lengths - k + 1, 1)
-    first = np.cumsum(counts) - counts
-    starts = np.repeat(padded, counts) + np.arange(counts.sum()) - np.repeat(first, counts)
-    with np.errstate(over="ignore"):  # the hashes wrap around 2**64 on purpose
-        h = sum(word_hash[starts + j] * mix[j] for j in range(k))
-        h ^= h >> np.uint64(31)  # splitmix64 finalizer: every output bit depends on every input bit
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    sig = np.full(n * bins, np.iinfo(np.uint32).max, dtype=np.uint32)
-    cell = np.repeat(np.arange(n), counts) * bins + (h % np.uint64(bins)).astype(np.int64)
-    np.minimum.at(sig, cell, (h >> np.uint64(32)).astype(np.uint32))
-    return sig.reshape(n, bins)
 
 
 # Tables computed in Python just before a rule whose SQL mentions them.

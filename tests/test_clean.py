@@ -284,22 +284,6 @@ def test_spill_directory_of_a_killed_run_is_removed(tmp_path):
         assert not orphan.exists() and live.is_dir()
 
 
-def test_minhash_signatures_estimate_jaccard():
-    import numpy as np
-
-    words = [f"w{i}" for i in range(400)]
-    base = " ".join(words)
-    changed = " ".join(w if i % 40 else "CHANGED" for i, w in enumerate(words))  # 10 of 400 words
-    shingles = lambda t: {tuple(t.lower().split()[i:i + 5]) for i in range(len(t.split()) - 4)}  # noqa: E731
-    true = len(shingles(base) & shingles(changed)) / len(shingles(base) | shingles(changed))
-    mix = np.random.default_rng(0).integers(1, 2**63, size=5, dtype=np.uint64) | np.uint64(1)
-    sig = clean.signatures(pa.array([base, changed, "", "only three words", base.upper()]), mix, 256)
-    assert sig.shape == (5, 256) and sig.dtype == np.uint32
-    assert abs((sig[0] == sig[1]).mean() - true) < 0.08
-    assert (sig[0] == sig[4]).all()  # lowercased before hashing
-    assert (sig[3] < 2**32 - 1).sum() == 1  # a text shorter than a shingle is one shingle
-
-
 def test_decontamination_against_configured_eval_files(tmp_path):
     extra = tmp_path / "benchmark.jsonl"
     extra.write_text(json.dumps({"prompt": "Ben has 1 coin and finds 5 more. How many coins?"}) + "\n")
