@@ -206,11 +206,28 @@ def train_cmd(config_file, overrides, resume, accelerate_config, dry_run):
         import subprocess
 
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
-               "-m", "pipeline.cli", "train", config_file, *(f"--set={o}" for o in overrides)]
+               *_local_port(accelerate_config), "-m", "pipeline.cli", "train", config_file,
+               *(f"--set={o}" for o in overrides)]
         sys.exit(subprocess.call(cmd + (["--resume"] if resume else [])))
     from pipeline import train
 
     train.run(config_mod.load(config_file, overrides), resume=resume)
+
+
+def _local_port(accelerate_config: str) -> list[str]:
+    """A free port for a one-machine launch whose config names none: accelerate's default (29500)
+    is taken by any other training on the machine, or still held by the one that just ended."""
+    import socket
+
+    import yaml
+
+    with open(accelerate_config, encoding="utf-8") as f:
+        launch = yaml.safe_load(f) or {}
+    if not isinstance(launch, dict) or launch.get("main_process_port") or launch.get("num_machines", 1) != 1:
+        return []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return ["--main_process_port", str(s.getsockname()[1])]
 
 
 @main.command("sweep")
