@@ -5,7 +5,7 @@ Words are lowercased and split on whitespace, and every character of a script wr
 spaces (SPACELESS) is a word of its own, so a Chinese text is not one long word that any changed
 character makes new. A word is hashed with crc32 (stable across runs and machines); a shingle is
 a weighted sum of k consecutive word hashes (the seeded odd multipliers of shingle_mix) mixed by
-splitmix64's finalizer; its low bits pick one of `bins` bins and its high 32 bits are the value
+splitmix64's finalizer; its low 32 bits pick one of `bins` bins and its high 32 bits are the value
 that bin keeps at its minimum (Li, Owen and Zhang 2012): one hash per shingle instead of one per
 shingle and permutation. A text shorter than k words is one shingle; a bin no shingle reached
 holds 2**32 - 1. Equal bins between two texts estimate their Jaccard similarity.
@@ -123,27 +123,31 @@ def _crc_char(crc, reg, cp):
 @_jit
 def _keep_min(h, out, i):
     """Mix a shingle's sum (splitmix64's finalizer: every output bit depends on every input
-    bit); its low bits pick the bin, its high 32 bits are the value."""
+    bit); its low 32 bits pick the bin (multiply-shift, no division), its high 32 bits are the
+    value."""
     h ^= h >> np.uint64(31)
     h *= np.uint64(0xBF58476D1CE4E5B9)
     h ^= h >> np.uint64(27)
     h *= np.uint64(0x94D049BB133111EB)
     h ^= h >> np.uint64(31)
-    b = np.int64(h % np.uint64(out.shape[1]))
+    b = np.int64(((h & np.uint64(0xFFFFFFFF)) * np.uint64(out.shape[1])) >> np.uint64(32))
     v = np.uint32(h >> np.uint64(32))
     out[i, b] = min(out[i, b], v)
 
 
 @_jit
 def _push(window, words, word_hash, mix, out, i):
-    """Append a word; once k words are in, each word completes the shingle it ends."""
+    """Shift a word into the window (the last k words, oldest first); once k words are in, each
+    word completes the shingle it ends."""
     k = mix.shape[0]
-    window[words % k] = word_hash
+    for j in range(k - 1):
+        window[j] = window[j + 1]
+    window[k - 1] = word_hash
     words += 1
     if words >= k:
         h = np.uint64(0)
         for j in range(k):
-            h += window[(words - k + j) % k] * mix[j]
+            h += window[j] * mix[j]
         _keep_min(h, out, i)
     return words
 
@@ -185,5 +189,5 @@ def _kernel(data, offsets, valid, lower, kind, crc, mix, out):
         if words < k:  # shorter than a shingle: one shingle, its words then zeros
             h = np.uint64(0)
             for j in range(words):
-                h += window[j] * mix[j]
+                h += window[k - words + j] * mix[j]
             _keep_min(h, out, i)

@@ -27,7 +27,8 @@ def naive_signatures(texts: list, mix: np.ndarray, bins: int) -> np.ndarray:
             h ^= h >> 27
             h = h * 0x94D049BB133111EB % 2**64
             h ^= h >> 31
-            out[i, h % bins] = min(out[i, h % bins], h >> 32)
+            b = (h % 2**32) * bins // 2**32
+            out[i, b] = min(out[i, b], h >> 32)
     return out
 
 
