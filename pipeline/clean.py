@@ -343,9 +343,9 @@ def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dic
     for order, rule in enumerate(rules):
         path, sql = rule_sql(Path(c.sql_dir), rule)
         t = time.time()
-        for name, build in PYTHON_TABLES.items():
-            if re.search(rf"\b{name}\b", _strip_comments(sql)):
-                build(con, c, seed)
+        built = [name for name in PYTHON_TABLES if re.search(rf"\b{name}\b", _strip_comments(sql))]
+        for name in built:
+            PYTHON_TABLES[name](con, c, seed)
         define_view(con, rule, path, sql)
         try:
             con.execute(f'INSERT INTO dropped SELECT DISTINCT sample_id, ?, ? FROM "{rule}"', [rule, order])
@@ -358,6 +358,8 @@ def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dic
                                 f"(e.g. {stray[0]!r}); a rule selects sample_id FROM candidates")
         con.execute("UPDATE samples SET kept = false FROM dropped d "
                     "WHERE d.rule_order = ? AND samples.sample_id = d.sample_id", [order])
+        for name in built:  # rebuilt for the next rule that needs it; the memory goes to the rules and the write
+            con.execute(f"DROP TABLE {name}")
         dropped = con.execute("SELECT count(*) FROM dropped WHERE rule_order = ?", [order]).fetchall()[0][0]
         funnel.append({"rule": rule, "rows_in": rows_in, "dropped": dropped, "rows_out": rows_in - dropped,
                        "seconds": round(time.time() - t, 3)})
