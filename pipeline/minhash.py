@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +24,6 @@ import pyarrow.compute as pc
 # kernels, so lowercasing and whitespace are exactly utf8_lower's and utf8_split_whitespace's.
 SPACELESS = r"[\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]"
 EMPTY_BIN = np.iinfo(np.uint32).max
-_SPACE, _ALONE = 1, 2  # character classes in the table
 
 
 def shingle_mix(shingle: int, seed: int) -> np.ndarray:
@@ -59,16 +57,21 @@ def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
     valid = np.ones(n, dtype=np.bool_) if texts.null_count == 0 else \
         pc.is_valid(texts).to_numpy(zero_copy_only=False)
-    lower, kind = _character_tables()
+    # imported here, not at the top: once numba has loaded LLVM, starting a vLLM engine in the same
+    # process fails (its kernel registry scans every module's globals and trips over llvmlite's
+    # library wrapper), and `clean`, `augment` and the tests import this module before engines start
+    from pipeline.minhash_kernel import ALONE, SPACE, signatures_into
+
+    lower, kind = _character_tables(SPACE, ALONE)
     out = np.full((n, bins), EMPTY_BIN, dtype=np.uint32)
-    _kernel(data, offsets, valid, lower, kind, _crc_table(), np.ascontiguousarray(mix, np.uint64), out)
+    signatures_into(data, offsets, valid, lower, kind, _crc_table(), np.ascontiguousarray(mix, np.uint64), out)
     return out
 
 
 @functools.cache
-def _character_tables() -> tuple[np.ndarray, np.ndarray]:
+def _character_tables(space: int, alone: int) -> tuple[np.ndarray, np.ndarray]:
     """Per code point: its lowercase (Arrow's utf8_lower, one code point to one) and its class
-    (_SPACE for utf8_split_whitespace's separators, _ALONE for SPACELESS after lowercasing)."""
+    (`space` for utf8_split_whitespace's separators, `alone` for SPACELESS)."""
     cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
     chars = pa.array(list(cps.tobytes().decode("utf-32-le")), pa.string())
     lowered = pc.utf8_lower(chars)
@@ -77,8 +80,8 @@ def _character_tables() -> tuple[np.ndarray, np.ndarray]:
     lower = np.arange(0x110000, dtype=np.int32)
     lower[cps] = np.frombuffer(_utf8(lowered).decode().encode("utf-32-le"), dtype="<u4")
     kind = np.zeros(0x110000, dtype=np.uint8)
-    kind[cps[pc.utf8_is_space(chars).to_numpy(zero_copy_only=False)]] = _SPACE
-    kind[cps[pc.match_substring_regex(chars, SPACELESS).to_numpy(zero_copy_only=False)]] = _ALONE
+    kind[cps[pc.utf8_is_space(chars).to_numpy(zero_copy_only=False)]] = space
+    kind[cps[pc.match_substring_regex(chars, SPACELESS).to_numpy(zero_copy_only=False)]] = alone
     return lower, kind
 
 
@@ -95,99 +98,3 @@ def _crc_table() -> np.ndarray:
     for _ in range(8):
         table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
     return table.astype(np.int64)
-
-
-# The compiled pass: numba (which vLLM already depends on) compiles it once and caches it in
-# __pycache__; it releases the GIL, so a thread pool hashes a batch on every core.
-_jit = numba.njit(nogil=True, cache=True)
-
-
-@_jit
-def _crc_char(crc, reg, cp):
-    """reg (crc32's register) after cp's UTF-8 bytes."""
-    if cp < 0x80:
-        reg = crc[(reg ^ cp) & 0xFF] ^ (reg >> 8)
-        return reg
-    if cp < 0x800:
-        lead, size = 0xC0 | (cp >> 6), 2
-    elif cp < 0x10000:
-        lead, size = 0xE0 | (cp >> 12), 3
-    else:
-        lead, size = 0xF0 | (cp >> 18), 4
-    reg = crc[(reg ^ lead) & 0xFF] ^ (reg >> 8)
-    for shift in range(6 * (size - 2), -1, -6):
-        reg = crc[(reg ^ (0x80 | ((cp >> shift) & 0x3F))) & 0xFF] ^ (reg >> 8)
-    return reg
-
-
-@_jit
-def _keep_min(h, out, i):
-    """Mix a shingle's sum (splitmix64's finalizer: every output bit depends on every input
-    bit); its low 32 bits pick the bin (multiply-shift, no division), its high 32 bits are the
-    value."""
-    h ^= h >> np.uint64(31)
-    h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(27)
-    h *= np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(31)
-    b = np.int64(((h & np.uint64(0xFFFFFFFF)) * np.uint64(out.shape[1])) >> np.uint64(32))
-    v = np.uint32(h >> np.uint64(32))
-    out[i, b] = min(out[i, b], v)
-
-
-@_jit
-def _push(window, words, word_hash, mix, out, i):
-    """Shift a word into the window (the last k words, oldest first); once k words are in, each
-    word completes the shingle it ends."""
-    k = mix.shape[0]
-    for j in range(k - 1):
-        window[j] = window[j + 1]
-    window[k - 1] = word_hash
-    words += 1
-    if words >= k:
-        h = np.uint64(0)
-        for j in range(k):
-            h += window[j] * mix[j]
-        _keep_min(h, out, i)
-    return words
-
-
-@_jit
-def _kernel(data, offsets, valid, lower, kind, crc, mix, out):
-    k = mix.shape[0]
-    window = np.zeros(k, dtype=np.uint64)
-    for i in range(offsets.shape[0] - 1):
-        pos, end = offsets[i], offsets[i + 1] if valid[i] else offsets[i]
-        words, reg, in_word = 0, np.int64(0xFFFFFFFF), False
-        while pos < end:
-            b0 = np.int64(data[pos])
-            if b0 < 0x80:
-                cp, pos = b0, pos + 1
-            elif b0 < 0xE0:
-                cp, pos = ((b0 & 0x1F) << 6) | (np.int64(data[pos + 1]) & 0x3F), pos + 2
-            elif b0 < 0xF0:
-                cp = ((b0 & 0x0F) << 12) | ((np.int64(data[pos + 1]) & 0x3F) << 6) | (np.int64(data[pos + 2]) & 0x3F)
-                pos += 3
-            else:
-                cp = (((b0 & 0x07) << 18) | ((np.int64(data[pos + 1]) & 0x3F) << 12)
-                      | ((np.int64(data[pos + 2]) & 0x3F) << 6) | (np.int64(data[pos + 3]) & 0x3F))
-                pos += 4
-            cp = np.int64(lower[cp])
-            cls = kind[cp]
-            if cls == 0:
-                reg = _crc_char(crc, reg, cp)
-                in_word = True
-                continue
-            if in_word:  # a separator or a character that is a word alone ends the word
-                words = _push(window, words, np.uint64(reg ^ 0xFFFFFFFF), mix, out, i)
-                reg, in_word = np.int64(0xFFFFFFFF), False
-            if cls == _ALONE:
-                words = _push(window, words, np.uint64(_crc_char(crc, np.int64(0xFFFFFFFF), cp) ^ 0xFFFFFFFF),
-                             mix, out, i)
-        if in_word:
-            words = _push(window, words, np.uint64(reg ^ 0xFFFFFFFF), mix, out, i)
-        if words < k:  # shorter than a shingle: one shingle, its words then zeros
-            h = np.uint64(0)
-            for j in range(words):
-                h += window[k - words + j] * mix[j]
-            _keep_min(h, out, i)

@@ -1,5 +1,7 @@
 """MinHash signatures: the compiled pass against a naive Python reference, and what the estimate says."""
 import random
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -58,3 +60,10 @@ def test_signatures_estimate_jaccard():
     assert abs(minhash.estimated_jaccard(sig[0], sig[1]) - true) < 0.08
     assert (sig[0] == sig[4]).all()  # lowercased before hashing
     assert (sig[3] < 2**32 - 1).sum() == 1  # a text shorter than a shingle is one shingle
+
+
+def test_stages_import_without_loading_numba():
+    """A vLLM engine started after numba has loaded LLVM fails (its kernel registry trips over
+    llvmlite's library wrapper), so the compiled pass is imported only when first used."""
+    check = "import sys, pipeline.clean, pipeline.augment; assert 'numba' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True)
