@@ -281,18 +281,18 @@ def verify(con, batch_rows: int = 20000) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Near-duplicate signatures (numpy: one multiply-shift hash family over DuckDB's shingle hashes)
+# Near-duplicate signatures (pipeline/minhash.py), a table for sql/near_duplicate.sql
 
 
 def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int:
     """Table `minhash(sample_id, sig UINTEGER[num_perm])` over the current candidates, a batch of
-    samples at a time (see signatures)."""
+    samples at a time (see minhash.signatures)."""
     mix = minhash.shingle_mix(c.near_dup_shingle, seed)
     # its own cursor, so the batches stream while `con` inserts them
     query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
     con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
     rows = 0
-    # signatures in worker threads (pyarrow's kernels and numpy release the GIL), one batch each,
+    # signatures in worker threads (the compiled pass releases the GIL), one batch each,
     # so every core hashes; the batches in flight hold batch_rows in all, as one batch did
     workers = c.threads or os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:

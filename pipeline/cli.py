@@ -219,10 +219,7 @@ def _local_port(accelerate_config: str) -> list[str]:
     is taken by any other training on the machine, or still held by the one that just ended."""
     import socket
 
-    import yaml
-
-    with open(accelerate_config, encoding="utf-8") as f:
-        launch = yaml.safe_load(f) or {}
+    launch = config_mod.read_yaml(accelerate_config)
     if not isinstance(launch, dict) or launch.get("main_process_port") or launch.get("num_machines", 1) != 1:
         return []
     with socket.socket() as s:

@@ -685,18 +685,25 @@ def section_hash(*parts) -> str:
 # Loading: YAML -> dict -> overrides -> dataclasses, with every error naming file and key.
 
 
-def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+def read_yaml(path: str | Path):
+    """A YAML file's document ({} when empty); a file that is not UTF-8 or not YAML is a one-line
+    error naming the file (and line)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+
+
+def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     for item in overrides:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 # kernels, so lowercasing and whitespace are exactly utf8_lower's and utf8_split_whitespace's.
 SPACELESS = r"[\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]"
 EMPTY_BIN = np.iinfo(np.uint32).max
+SPACE, ALONE = 1, 2  # character classes of the kind table: a separator, a character that is a word alone
 
 
 def shingle_mix(shingle: int, seed: int) -> np.ndarray:
@@ -60,18 +61,18 @@ def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
     # imported here, not at the top: once numba has loaded LLVM, starting a vLLM engine in the same
     # process fails (its kernel registry scans every module's globals and trips over llvmlite's
     # library wrapper), and `clean`, `augment` and the tests import this module before engines start
-    from pipeline.minhash_kernel import ALONE, SPACE, signatures_into
+    from pipeline.minhash_kernel import signatures_into
 
-    lower, kind = _character_tables(SPACE, ALONE)
+    lower, kind = _character_tables()
     out = np.full((n, bins), EMPTY_BIN, dtype=np.uint32)
     signatures_into(data, offsets, valid, lower, kind, _crc_table(), np.ascontiguousarray(mix, np.uint64), out)
     return out
 
 
 @functools.cache
-def _character_tables(space: int, alone: int) -> tuple[np.ndarray, np.ndarray]:
+def _character_tables() -> tuple[np.ndarray, np.ndarray]:
     """Per code point: its lowercase (Arrow's utf8_lower, one code point to one) and its class
-    (`space` for utf8_split_whitespace's separators, `alone` for SPACELESS)."""
+    (SPACE for utf8_split_whitespace's separators, ALONE for SPACELESS)."""
     cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
     chars = pa.array(list(cps.tobytes().decode("utf-32-le")), pa.string())
     lowered = pc.utf8_lower(chars)
@@ -80,8 +81,8 @@ def _character_tables(space: int, alone: int) -> tuple[np.ndarray, np.ndarray]:
     lower = np.arange(0x110000, dtype=np.int32)
     lower[cps] = np.frombuffer(_utf8(lowered).decode().encode("utf-32-le"), dtype="<u4")
     kind = np.zeros(0x110000, dtype=np.uint8)
-    kind[cps[pc.utf8_is_space(chars).to_numpy(zero_copy_only=False)]] = space
-    kind[cps[pc.match_substring_regex(chars, SPACELESS).to_numpy(zero_copy_only=False)]] = alone
+    kind[cps[pc.utf8_is_space(chars).to_numpy(zero_copy_only=False)]] = SPACE
+    kind[cps[pc.match_substring_regex(chars, SPACELESS).to_numpy(zero_copy_only=False)]] = ALONE
     return lower, kind
 
 

@@ -5,7 +5,7 @@ pipeline.minhash.signatures)."""
 import numba
 import numpy as np
 
-SPACE, ALONE = 1, 2  # character classes of the `kind` table
+from pipeline.minhash import ALONE
 
 _jit = numba.njit(nogil=True, cache=True)
 

@@ -84,6 +84,14 @@ def test_config_file_not_utf8_or_not_yaml_or_missing(tmp_path):
     _expect_one_line(["prepare", tmp_path / "nope.yaml"], "nope.yaml: no such config file")
 
 
+def test_accelerate_config_not_utf8_or_not_yaml(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", f"run: {{name: x, artifacts_dir: {tmp_path / 'artifacts'}}}")
+    (tmp_path / "latin1.yaml").write_bytes("num_processes: 2 # caf\xe9\n".encode("latin-1"))
+    _expect_one_line(["train", cfg, "--accelerate", tmp_path / "latin1.yaml"], "latin1.yaml: not UTF-8", root=tmp_path)
+    (tmp_path / "bad.yaml").write_text("num_processes: [2\n")
+    _expect_one_line(["train", cfg, "--accelerate", tmp_path / "bad.yaml"], "bad.yaml", "invalid YAML", root=tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # prepare: the file and line named, nothing written.
 

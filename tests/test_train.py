@@ -43,6 +43,18 @@ def test_ddp_two_cpu_processes_match_one_process(traced, tmp_path):
     assert (two / "model/config.json").is_file()
 
 
+def test_one_machine_launch_without_a_port_gets_a_free_one(tmp_path):
+    from pipeline.cli import _local_port
+
+    flag, port = _local_port(str(ROOT / "configs/accelerate/cpu_ddp2.yaml"))
+    assert flag == "--main_process_port" and 0 < int(port) < 65536 and int(port) != 29500
+    named = tmp_path / "named.yaml"
+    named.write_text("num_machines: 1\nmain_process_port: 29511\n")
+    many = tmp_path / "many.yaml"
+    many.write_text("num_machines: 2\n")
+    assert _local_port(str(named)) == [] and _local_port(str(many)) == []
+
+
 def test_fsdp_two_cpu_processes_match_one_process(traced, tmp_path):
     """FSDP2 shards the weights, the LM head's included: the chunked KD loss must read it whole
     inside the forward and hand its gradient back to the shards."""
