@@ -493,6 +493,11 @@ class KDConfig:
     jsd_beta: float = 0.5  # mixture weight of the teacher in jsd (0 = forward KL, 1 = reverse KL)
     tail: str = "bucket"  # bucket (top-k + one bucket for the rest) or renormalize (top-k only)
     top_k: int = 20  # candidates used per position, at most what generate stored
+    # the prompt tokens every row of a micro-batch starts with (a function-calling batch's system
+    # prompt and tool list) go through the student once per micro-batch, not once per row: the same
+    # gradients for less work. Off under FSDP and gradient_checkpointing, which cannot keep the prefix's
+    # layers and cache for the rows' pass.
+    shared_prefix: bool = True
     kd_chunk_size: int = 1024  # positions projected through the LM head at once (bounds KD memory)
     # Student with another tokenizer: topk = the teacher's top-k mapped into the student's vocabulary
     # where one teacher token starts an aligned group; alm = chunk likelihood matching on groups

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import utf8
+
 # Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Burmese), as
 # in sql/contaminated.sql. ー (U+30FC, U+FF70 half-width) lengthens a katakana vowel but is a
 # Common letter, not Katakana. RE2 syntax: the character tables below are built with Arrow's
@@ -51,20 +53,14 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 
 def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
     """[n] texts (a null is an empty text) -> [n, bins] uint32 signatures (see the module)."""
-    texts = pc.cast(texts, pa.large_string())
-    n = len(texts)
-    _, offsets, data = texts.buffers()
-    offsets = np.frombuffer(offsets, dtype=np.int64)[texts.offset:texts.offset + n + 1]
-    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    valid = np.ones(n, dtype=np.bool_) if texts.null_count == 0 else \
-        pc.is_valid(texts).to_numpy(zero_copy_only=False)
+    data, offsets, valid = utf8.buffers(texts)
     # imported here, not at the top: once numba has loaded LLVM, starting a vLLM engine in the same
     # process fails (its kernel registry scans every module's globals and trips over llvmlite's
     # library wrapper), and `clean`, `augment` and the tests import this module before engines start
-    from pipeline.minhash_kernel import signatures_into
+    from pipeline.kernels import signatures_into
 
     lower, kind = _character_tables()
-    out = np.full((n, bins), EMPTY_BIN, dtype=np.uint32)
+    out = np.full((len(offsets) - 1, bins), EMPTY_BIN, dtype=np.uint32)
     signatures_into(data, offsets, valid, lower, kind, _crc_table(), np.ascontiguousarray(mix, np.uint64), out)
     return out
 
@@ -73,8 +69,7 @@ def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
 def _character_tables() -> tuple[np.ndarray, np.ndarray]:
     """Per code point: its lowercase (Arrow's utf8_lower, one code point to one) and its class
     (SPACE for utf8_split_whitespace's separators, ALONE for SPACELESS)."""
-    cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
-    chars = pa.array(list(cps.tobytes().decode("utf-32-le")), pa.string())
+    cps, chars = utf8.codepoints()
     lowered = pc.utf8_lower(chars)
     if pc.any(pc.not_equal(pc.utf8_length(lowered), 1)).as_py():
         raise RuntimeError("utf8_lower maps a code point to several; the table needs one to one")

@@ -167,7 +167,8 @@ VERDICTS = Table(
 
 CLEAN = Table(
     "clean",
-    "The training selection: samples no cleaning rule dropped (clean/clean.parquet); sql/clean.sql defines it.",
+    "The training selection: samples no cleaning rule dropped (clean/clean.parquet), in sample_id order; "
+    "sql/clean.sql defines it.",
     (
         Column("sample_id", pa.string(), "the sample (generations.sample_id, teacher_topk.sample_id)"),
         Column("prompt_id", pa.string(), "its prompt"),

@@ -85,7 +85,10 @@ class DistillTrainer(SFTTrainer):
         loss_sum, ce, kd, alm, t_mass, s_mass = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"],
             distill=dict(topk_ids=targets["topk_ids"][..., :k], topk_logprobs=targets["topk_logprobs"][..., :k],
-                         groups=targets.get("groups"), chunk_logprobs=targets.get("chunk_logprobs"), opts=self.args))
+                         groups=targets.get("groups"), chunk_logprobs=targets.get("chunk_logprobs"), opts=self.args,
+                         # FSDP reshards the layers between the prefix's forward and the rows', and the
+                         # backward of the first then finds them gone
+                         shared_prefix=self.args.shared_prefix and not self.is_fsdp_enabled))
         tokens = (inputs["labels"][:, 1:] != -100).sum()
         denominator = num_items_in_batch if num_items_in_batch is not None else tokens
         loss = loss_sum / torch.as_tensor(denominator).clamp(min=1)
@@ -102,18 +105,21 @@ DISTILL_KEYS = ("topk_ids", "topk_logprobs", "groups", "chunk_logprobs")
 
 
 def _add_distill_head(model) -> None:
-    """model(..., labels=, distill={...}) runs the backbone and the chunked KD loss instead of the
-    LM head. Patched on the model itself, so DDP, FSDP and PEFT wrappers call it like any forward
-    (their hooks unshard the root's parameters, the head's included, around it)."""
+    """model(input_ids=, attention_mask=, labels=, distill={...}) runs the backbone and the chunked
+    KD loss instead of the LM head; distill["shared_prefix"] runs the rows' common prefix once. Patched on the model itself, so DDP, FSDP and PEFT wrappers call
+    it like any forward (their hooks unshard the root's parameters, the head's included, around it)."""
     original = model.forward
 
     @functools.wraps(type(model).forward)
     def forward(self, *args, distill=None, **kwargs):
         if distill is None:
             return original(*args, **kwargs)
-        labels = kwargs.pop("labels")[:, 1:]
-        kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        input_ids, attention, labels = kwargs.pop("input_ids"), kwargs.pop("attention_mask"), kwargs.pop("labels")
+        opts = distill["opts"]
+        start = shared_prefix_len(input_ids, attention, labels) \
+            if distill.get("shared_prefix") and not self.is_gradient_checkpointing else 0
+        hidden = _backbone(self.base_model, input_ids, attention, start)[:, :-1]
+        labels = labels[:, start + 1:]  # hidden state t predicts token t + 1
         mask = labels != -100
         head = self.get_output_embeddings()
         if head.bias is not None:
@@ -123,12 +129,38 @@ def _add_distill_head(model) -> None:
             weight = weight.full_tensor()
         groups, chunks = distill["groups"], distill["chunk_logprobs"]
         with maybe_gather_lm_head_ctx(head.weight):  # DeepSpeed ZeRO-3 partitions it to nothing outside its module
-            return distill_loss(hidden[mask], weight, labels[mask], distill["topk_ids"][:, 1:][mask],
-                                distill["topk_logprobs"][:, 1:][mask], distill["opts"],
-                                None if groups is None else groups[:, 1:][mask],
-                                None if chunks is None else chunks[:, 1:][mask])
+            return distill_loss(hidden[mask], weight, labels[mask], distill["topk_ids"][:, start + 1:][mask],
+                                distill["topk_logprobs"][:, start + 1:][mask], opts,
+                                None if groups is None else groups[:, start + 1:][mask],
+                                None if chunks is None else chunks[:, start + 1:][mask])
 
     model.forward = types.MethodType(forward, model)
+
+
+def shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many leading tokens [B, T] every row shares and none predicts: at most up to the position
+    before the batch's first label, whose hidden state is the first the loss reads. 0 for one row."""
+    if input_ids.shape[0] < 2:
+        return 0
+    differs = ((input_ids != input_ids[:1]) | (attention_mask == 0)).any(0)
+    labelled = (labels != -100).any(0)
+    first_diff = int(differs.int().argmax()) if differs.any() else input_ids.shape[1]
+    first_label = int(labelled.int().argmax()) if labelled.any() else input_ids.shape[1]
+    return max(0, min(first_diff, first_label - 1))
+
+
+def _backbone(base_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Last hidden states [B, T - start] of positions start.. of `input_ids` [B, T]. With start > 0
+    the first `start` tokens, the same in every row, run once, and every row attends to their cache:
+    backward sums each row's gradient through the one copy, as it would through B copies."""
+    if start == 0:
+        return base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    cache = base_model(input_ids=input_ids[:1, :start], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    positions = torch.arange(start, input_ids.shape[1], device=input_ids.device)
+    return base_model(input_ids=input_ids[:, start:], attention_mask=attention_mask, past_key_values=cache,
+                      use_cache=True, cache_position=positions,
+                      position_ids=positions.expand(input_ids.shape[0], -1)).last_hidden_state
 
 
 def _checkpoint_dtype(model_dir: Path) -> torch.dtype | None:

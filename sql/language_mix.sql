@@ -101,44 +101,11 @@ judged AS (  -- an ASCII completion (bytes = characters) has only Latin letters:
     WHERE p.script NOT IN ('none', 'unknown')
       AND NOT (p.script = 'latin' AND strlen(c.reasoning) + strlen(c.answer) = c.completion_chars)
 ),
-letters AS MATERIALIZED (  -- the letters left once LaTeX and code are cut, in one pass that also
-              -- deletes the runs of non-letters: those runs never hold $, \ or ` (so the cut's
-              -- matches start where they would alone), and a $, \ or ` that starts no cut goes
-              -- alone. Spaces are left out of the runs, one match per word in prose, and go last
-              -- with a plain replace. MATERIALIZED: counts reads l twice, once inside a CASE, and
-              -- DuckDB would inline this CTE and compute l twice (twice as slow)
-    SELECT sample_id, script,
-           replace(regexp_replace(t, '\$\$[^$]*\$\$|\$[^$\n]*\$|\\\((?s:.*?)\\\)|\\\[(?s:.*?)\\\]|`[^`]*`|\\[a-zA-Z]+'
-                                     '|[^\p{L}\p{M} $\\`]+|[$\\`]', '', 'g'),
-                   ' ', '') AS l
+mixed AS (  -- script_share (pipeline/scripts.py, one compiled pass): the share of the letters left
+           -- once LaTeX and code are cut that lie outside the prompt's script; NULL without letters
+    SELECT sample_id, script_share(t, script) AS outside
     FROM judged
-),
-counts AS (  -- letters in all and outside the prompt's script: what deleting the runs of other
-             -- scripts' letters takes away; few and short runs, where deleting the prompt's
-             -- script would match its long runs (1.3 times faster)
-    SELECT sample_id, length(l) AS letters,
-           length(l) - length(CASE script
-               WHEN 'latin' THEN regexp_replace(l, '[^\p{Latin}\p{Inherited}]+', '', 'g')
-               WHEN 'cjk' THEN regexp_replace(l, '[^\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}\p{Inherited}]+', '', 'g')
-               WHEN 'cyrillic' THEN regexp_replace(l, '[^\p{Cyrillic}\p{Inherited}]+', '', 'g')
-               WHEN 'greek' THEN regexp_replace(l, '[^\p{Greek}\p{Inherited}]+', '', 'g')
-               WHEN 'armenian' THEN regexp_replace(l, '[^\p{Armenian}\p{Inherited}]+', '', 'g')
-               WHEN 'georgian' THEN regexp_replace(l, '[^\p{Georgian}\p{Inherited}]+', '', 'g')
-               WHEN 'arabic' THEN regexp_replace(l, '[^\p{Arabic}\p{Inherited}]+', '', 'g')
-               WHEN 'hebrew' THEN regexp_replace(l, '[^\p{Hebrew}\p{Inherited}]+', '', 'g')
-               WHEN 'devanagari' THEN regexp_replace(l, '[^\p{Devanagari}\p{Inherited}]+', '', 'g')
-               WHEN 'bengali' THEN regexp_replace(l, '[^\p{Bengali}\p{Inherited}]+', '', 'g')
-               WHEN 'gurmukhi' THEN regexp_replace(l, '[^\p{Gurmukhi}\p{Inherited}]+', '', 'g')
-               WHEN 'gujarati' THEN regexp_replace(l, '[^\p{Gujarati}\p{Inherited}]+', '', 'g')
-               WHEN 'tamil' THEN regexp_replace(l, '[^\p{Tamil}\p{Inherited}]+', '', 'g')
-               WHEN 'telugu' THEN regexp_replace(l, '[^\p{Telugu}\p{Inherited}]+', '', 'g')
-               WHEN 'kannada' THEN regexp_replace(l, '[^\p{Kannada}\p{Inherited}]+', '', 'g')
-               WHEN 'malayalam' THEN regexp_replace(l, '[^\p{Malayalam}\p{Inherited}]+', '', 'g')
-               WHEN 'thai' THEN regexp_replace(l, '[^\p{Thai}\p{Inherited}]+', '', 'g')
-               WHEN 'hangul' THEN regexp_replace(l, '[^\p{Hangul}\p{Inherited}]+', '', 'g')
-           END) AS outside
-    FROM letters
 )
 SELECT sample_id
-FROM counts
-WHERE letters > 0 AND outside / letters > getvariable('max_script_mix')
+FROM mixed
+WHERE outside > getvariable('max_script_mix')

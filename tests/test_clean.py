@@ -166,6 +166,19 @@ def test_each_rule_drops_its_planted_defect(tmp_path):
     assert verdicts["ok-11"]["correct"] is False
 
 
+def test_selection_is_written_in_sample_id_order_one_range_at_a_time(tmp_path, monkeypatch):
+    """A memory budget of 200 bytes: every kept sample is a range of its own, each sorted and
+    appended in turn; the file holds them all once, in sample_id order."""
+    _, cfg = _run(tmp_path, extra="rules: [truncated]")
+    export = clean.export_by_sample_id
+    monkeypatch.setattr(clean, "export_by_sample_id", lambda *a: export(*a[:-1], memory_bytes=200))
+    clean.run(cfg)
+    f = pq.ParquetFile(cfg.run_dir / "clean/clean.parquet")
+    ids = f.read().column("sample_id").to_pylist()
+    assert ids == sorted(s for s, rule in EXPECTED.items() if rule != "truncated")
+    assert f.metadata.num_row_groups == len(ids)
+
+
 def test_rules_switch_off_and_keep_incorrect(tmp_path):
     _, cfg = _run(tmp_path, extra="rules: [truncated, incorrect]\n          keep_incorrect: true")
     m = clean.run(cfg)

@@ -7,7 +7,7 @@ import torch
 
 from pipeline import losses
 from pipeline.config import KDConfig
-from pipeline.train import _add_distill_head, collate
+from pipeline.train import _add_distill_head, collate, shared_prefix_len
 from tests.conftest import make_tiny_llama
 
 N, V = 7, 50
@@ -270,3 +270,47 @@ def test_two_steps_change_every_parameter_and_lower_kd(tiny_tokenizer_dir, tmp_p
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
     assert unchanged == []
     assert kds[2] < kds[0]
+
+
+def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_tokenizer_dir, tmp_path):
+    """A batch whose rows start with the same 7 tokens (a tool list): the prefix run once and its
+    cache shared must match every row running it, in the loss and in every parameter's gradient."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tiny_tokenizer_dir, tmp_path / "m"))
+    _add_distill_head(model)
+    k = 3
+    prefix = np.random.default_rng(5).integers(0, model.config.vocab_size, size=7).tolist()
+    rows = _rows(model.config.vocab_size, k, seed=2)
+    for r in rows:
+        r["input_ids"], r["prompt_len"] = prefix + r["input_ids"], r["prompt_len"] + 7
+    batch = collate(0, k)(rows)
+    assert shared_prefix_len(batch["input_ids"], batch["attention_mask"], batch["labels"]) == 7
+
+    def loss_and_grads(shared):
+        model.zero_grad()
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                     distill=dict(topk_ids=batch["topk_ids"], topk_logprobs=batch["topk_logprobs"],
+                                  shared_prefix=shared, **_distill_args(k)))[0]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (loss, grads), (ref, ref_grads) = loss_and_grads(True), loss_and_grads(False)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_shared_prefix_stops_before_the_first_label_and_at_the_first_difference():
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 5, 0], [1, 2, 3, 4, 7, 7]])
+    attention = torch.tensor([[1] * 6, [1] * 5 + [0], [1] * 6])
+    labels = torch.full_like(ids, -100)
+    labels[:, 5:] = ids[:, 5:]
+    assert shared_prefix_len(ids, attention, labels) == 3  # row 1 differs at 3
+    labels[0, 2] = 2  # a label at 2 is predicted by hidden state 1: only token 0 may be shared
+    assert shared_prefix_len(ids, attention, labels) == 1
+    assert shared_prefix_len(ids[:1], attention[:1], labels[:1]) == 0  # one row: nothing to share
+    padded = attention.clone()
+    padded[1, 2:] = 0
+    labels[0, 2] = -100
+    assert shared_prefix_len(ids, padded, labels) == 2  # padding is never shared

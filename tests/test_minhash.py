@@ -65,5 +65,5 @@ def test_signatures_estimate_jaccard():
 def test_stages_import_without_loading_numba():
     """A vLLM engine started after numba has loaded LLVM fails (its kernel registry trips over
     llvmlite's library wrapper), so the compiled pass is imported only when first used."""
-    check = "import sys, pipeline.clean, pipeline.augment; assert 'numba' not in sys.modules"
+    check = "import sys, pipeline.clean, pipeline.augment, pipeline.scripts; assert 'numba' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True)

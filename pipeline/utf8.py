@@ -1,0 +1,28 @@
+"""What the compiled text passes (pipeline.kernels) share: an Arrow string array as the raw
+buffers they walk, and every code point as a string, from which the character tables are built
+with Arrow's own kernels (RE2 classes, utf8_lower, utf8_is_space)."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[n] strings -> (UTF-8 bytes, offsets [n + 1] into them, valid [n]); a null reads as empty."""
+    texts = pc.cast(texts, pa.large_string())
+    n = len(texts)
+    _, offsets, data = texts.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[texts.offset:texts.offset + n + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    valid = np.ones(n, dtype=np.bool_) if texts.null_count == 0 else pc.is_valid(texts).to_numpy(zero_copy_only=False)
+    return data, offsets, valid
+
+
+@functools.cache
+def codepoints() -> tuple[np.ndarray, pa.Array]:
+    """Every code point but the surrogates, as numbers and as one-character strings."""
+    cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
+    return cps, pa.array(list(cps.tobytes().decode("utf-32-le")), pa.string())
