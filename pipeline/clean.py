@@ -28,7 +28,6 @@ import shutil
 import socket
 import tempfile
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -37,6 +36,7 @@ import click
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from duckdb import sqltypes
 
 from pipeline import manifest, minhash, prepare, scripts, toolcalls, traces
 from pipeline.config import CleanConfig, Config, EvalFileConfig, InputConfig
@@ -130,7 +130,7 @@ def generation_files(directory: Path) -> list[Path]:
     return files
 
 
-DUCKDB_SHARE = 0.85  # of clean.memory_limit
+DUCKDB_SHARE = 0.82  # of clean.memory_limit; at 0.85 the 1M-row bench peaked 11 MB over its limit
 
 
 @contextmanager
@@ -289,33 +289,30 @@ def verify(con, batch_rows: int = 20000) -> int:
 # Near-duplicate signatures (pipeline/minhash.py), a table for sql/near_duplicate.sql
 
 
-def build_minhash(con, c: CleanConfig, seed: int, batch_rows: int = 4096) -> int:
-    """Table `minhash(sample_id, sig UINTEGER[num_perm])` over the current candidates, a batch of
-    samples at a time (see minhash.signatures)."""
-    mix = minhash.shingle_mix(c.near_dup_shingle, seed)
-    # its own cursor, so the batches stream while `con` inserts them
-    query = con.cursor().sql("SELECT sample_id, prompt_text || ' ' || reasoning || ' ' || answer AS t FROM candidates")
-    con.execute(f"CREATE OR REPLACE TABLE minhash (sample_id VARCHAR, sig UINTEGER[{c.near_dup_num_perm}])")
-    rows = 0
-    # signatures in worker threads (the compiled pass releases the GIL), one batch each,
-    # so every core hashes; the batches in flight hold batch_rows in all, as one batch did
-    workers = c.threads or os.cpu_count() or 1
-    with ThreadPoolExecutor(workers) as pool:
-        pending = deque()
-        for batch in itertools.chain(query.to_arrow_reader(max(batch_rows // workers, 256)), [None]):
-            if batch is not None and len(batch):
-                pending.append((batch.column("sample_id"),
-                                pool.submit(minhash.signatures, batch.column("t"), mix, c.near_dup_num_perm)))
-            while pending and (batch is None or len(pending) >= workers):
-                ids, sig = pending.popleft()
-                sig = sig.result()
-                table = pa.table({"sample_id": ids,
-                                  "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), c.near_dup_num_perm)})
-                con.register("minhash_batch", table)
-                con.execute("INSERT INTO minhash SELECT * FROM minhash_batch")
-                con.unregister("minhash_batch")
-                rows += len(ids)
-    return rows
+def build_minhash(con, c: CleanConfig, seed: int) -> int:
+    """Table `minhash(sample_id, rid, sig UINTEGER[num_perm])` over the current candidates (see
+    minhash.signatures); `rid` numbers the rows 0.., an integer key for the rule's joins where the
+    sample_id strings would make its band table spill. The signatures are a DuckDB function for
+    the statement, so DuckDB's threads compute them as they scan."""
+    mix, bins = minhash.shingle_mix(c.near_dup_shingle, seed), c.near_dup_num_perm
+
+    def signature(texts: pa.ChunkedArray) -> pa.Array:
+        sig = minhash.signatures(texts.combine_chunks(), mix, bins)
+        return pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), bins)
+
+    con.create_function("minhash_signature", signature, [sqltypes.VARCHAR], duckdb.array_type(sqltypes.UINTEGER, bins),
+                        type="arrow", null_handling="special", side_effects=False)
+    try:
+        # numbered in a second statement: a window in the first would run the function on one thread
+        con.execute("""CREATE OR REPLACE TEMP TABLE minhash_unnumbered AS
+                       SELECT sample_id, minhash_signature(prompt_text || ' ' || reasoning || ' ' || answer) AS sig
+                       FROM candidates""")
+    finally:
+        con.remove_function("minhash_signature")
+    con.execute("CREATE OR REPLACE TABLE minhash AS "
+                "SELECT sample_id, (row_number() OVER () - 1)::INTEGER AS rid, sig FROM minhash_unnumbered")
+    con.execute("DROP TABLE minhash_unnumbered")
+    return con.execute("SELECT count(*) FROM minhash").fetchone()[0]
 
 
 # Tables computed in Python just before a rule whose SQL mentions them.
@@ -411,24 +408,33 @@ def _position(e: Exception) -> str:
 
 def export_by_sample_id(con, view: str, path: Path, spec, what, memory_bytes: float) -> int:
     """Write a view's rows to Parquet in sample_id order, atomically, checked against the table's
-    schema; returns the rows written. One sample_id range at a time, each a sixteenth of DuckDB's
-    memory or less: one ORDER BY over a selection larger than the memory left spills it to disk,
-    at twice the time of the whole write (1M rows of 2 KB)."""
+    schema; returns the rows written. One sample_id range at a time, each a 32nd of DuckDB's
+    memory or less (two are in Python's hands at once): one ORDER BY over a selection larger than
+    the memory left spills it to disk, at twice the time of the whole write (1M rows of 2 KB)."""
     rows, chars = con.execute("SELECT count(*), coalesce(sum(completion_chars), 0) FROM candidates").fetchone()
-    ranges = max(1, min(rows, math.ceil(16 * chars / memory_bytes)))
+    ranges = max(1, min(rows, math.ceil(32 * chars / memory_bytes)))
     inner = con.execute("SELECT quantile_disc(sample_id, ?) FROM candidates",
                         [[i / ranges for i in range(1, ranges)]]).fetchone()[0] if ranges > 1 else []
     bounds = [None, *sorted(set(inner)), None]
     # an ordered fetch can come back out of order at a vector boundary without this
     con.execute("SET preserve_insertion_order = true")
+
+    def fetch(lo, hi) -> pa.Table:
+        where = " AND ".join(["true"] + [f"sample_id {op} ?" for op, b in ((">=", lo), ("<", hi)) if b is not None])
+        return con.sql(f'SELECT * FROM "{view}" WHERE {where} ORDER BY sample_id',
+                       params=[b for b in (lo, hi) if b is not None]).to_arrow_table()
+
     written = 0
-    with atomic_path(path) as tmp:
+    # DuckDB sorts the next range on its threads while this one compresses Parquet pages on another
+    with atomic_path(path) as tmp, ThreadPoolExecutor(1) as fetcher:
+        ranges = list(itertools.pairwise(bounds))
+        pending = fetcher.submit(fetch, *ranges[0])
         writer = None
         try:
-            for lo, hi in itertools.pairwise(bounds):
-                where = " AND ".join(["true"] + [f"sample_id {op} ?" for op, b in ((">=", lo), ("<", hi)) if b is not None])
-                table = con.execute(f'SELECT * FROM "{view}" WHERE {where} ORDER BY sample_id',
-                                    [b for b in (lo, hi) if b is not None]).to_arrow_table()
+            for following in [*ranges[1:], None]:
+                table = pending.result()
+                if following is not None:
+                    pending = fetcher.submit(fetch, *following)
                 if writer is None:
                     spec.validate(table.schema, f"{what}: output")
                     writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")

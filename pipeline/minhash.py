@@ -3,10 +3,10 @@ MinHash over word shingles, computed in one compiled pass over each text's UTF-8
 
 Words are lowercased and split on whitespace, and every character of a script written without
 spaces (SPACELESS) is a word of its own, so a Chinese text is not one long word that any changed
-character makes new. A word is hashed with crc32 (stable across runs and machines); a shingle is
-a weighted sum of k consecutive word hashes (the seeded odd multipliers of shingle_mix) mixed by
-splitmix64's finalizer; its low 32 bits pick one of `bins` bins and its high 32 bits are the value
-that bin keeps at its minimum (Li, Owen and Zhang 2012): one hash per shingle instead of one per
+character makes new. A word is hashed with 64-bit FNV-1a over its code points (stable across runs
+and machines); a shingle is a weighted sum of k consecutive word hashes (the seeded odd multipliers
+of shingle_mix) mixed by splitmix64's finalizer; its low 32 bits pick one of `bins` bins and its
+high 32 bits are the value that bin keeps at its minimum (Li, Owen and Zhang 2012): one hash per shingle instead of one per
 shingle and permutation. A text shorter than k words is one shingle; a bin no shingle reached
 holds 2**32 - 1. Equal bins between two texts estimate their Jaccard similarity.
 """
@@ -61,7 +61,7 @@ def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
 
     lower, kind = _character_tables()
     out = np.full((len(offsets) - 1, bins), EMPTY_BIN, dtype=np.uint32)
-    signatures_into(data, offsets, valid, lower, kind, _crc_table(), np.ascontiguousarray(mix, np.uint64), out)
+    signatures_into(data, offsets, valid, lower, kind, np.ascontiguousarray(mix, np.uint64), out)
     return out
 
 
@@ -85,12 +85,3 @@ def _utf8(strings: pa.Array) -> bytes:
     """The UTF-8 bytes of a string array's values, end to end."""
     offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)[strings.offset:strings.offset + len(strings) + 1]
     return strings.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
-
-
-@functools.cache
-def _crc_table() -> np.ndarray:
-    """zlib's crc32, a byte at a time: table[b] is the register after shifting b through it."""
-    table = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
-    return table.astype(np.int64)

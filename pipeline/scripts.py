@@ -14,6 +14,7 @@ own tables (Arrow's match_substring_regex), the engine of the SQL that judges th
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +31,9 @@ SCRIPTS = {
     "malayalam": r"\p{Malayalam}", "thai": r"\p{Thai}", "hangul": r"\p{Hangul}",
     "cjk": r"[\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}\x{FF70}]",
 }
-# classes of the code point table after the scripts' 1..len(SCRIPTS); 0 is not a letter
-INHERITED, OTHER = len(SCRIPTS) + 1, len(SCRIPTS) + 2
+# classes of the code point table after the scripts' 1..len(SCRIPTS); 0 is not a letter, CUT may
+# open LaTeX or code ($, \ and `)
+INHERITED, OTHER, CUT = len(SCRIPTS) + 1, len(SCRIPTS) + 2, 255
 
 
 def register(con) -> None:
@@ -62,17 +64,24 @@ def _script_share(texts: pa.ChunkedArray, scripts: pa.ChunkedArray) -> pa.Array:
     return pa.array(counts[:, 1] / np.maximum(letters, 1), mask=letters == 0)
 
 
-@functools.cache
+_TABLE_LOCK = threading.Lock()  # DuckDB calls the function from several threads at once
+
+
 def _script_table() -> np.ndarray:
-    """Per code point: 0 if not a letter or mark, else its SCRIPTS class (1-based), INHERITED or OTHER."""
+    with _TABLE_LOCK:
+        return _build_script_table()
+
+
+@functools.cache
+def _build_script_table() -> np.ndarray:
+    """Per code point: 0 if not a letter or mark, else its SCRIPTS class (1-based), INHERITED or
+    OTHER; CUT for the characters that may open a cut."""
     cps, chars = utf8.codepoints()
-
-    def where(pattern):
-        return pc.match_substring_regex(chars, pattern).to_numpy(zero_copy_only=False)
-
-    letter = where(r"[\p{L}\p{M}]")
+    letter = pc.match_substring_regex(chars, r"[\p{L}\p{M}]").to_numpy(zero_copy_only=False)
+    cps, chars = cps[letter], chars.filter(pa.array(letter))  # each script's test on the letters alone
     table = np.zeros(0x110000, dtype=np.uint8)
-    table[cps[letter]] = OTHER
+    table[cps] = OTHER
     for cls, pattern in enumerate([*SCRIPTS.values(), r"\p{Inherited}"], 1):
-        table[cps[letter & where(pattern)]] = cls
+        table[cps[pc.match_substring_regex(chars, pattern).to_numpy(zero_copy_only=False)]] = cls
+    table[[ord("$"), ord("\\"), ord("`")]] = CUT
     return table

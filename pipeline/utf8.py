@@ -25,4 +25,7 @@ def buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def codepoints() -> tuple[np.ndarray, pa.Array]:
     """Every code point but the surrogates, as numbers and as one-character strings."""
     cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
-    return cps, pa.array(list(cps.tobytes().decode("utf-32-le")), pa.string())
+    data = cps.tobytes().decode("utf-32-le").encode()  # built from buffers: a list of 1.1M strings takes 0.5 s
+    sizes = np.select([cps < 0x80, cps < 0x800, cps < 0x10000], [1, 2, 3], 4)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    return cps, pa.StringArray.from_buffers(len(cps), pa.py_buffer(offsets), pa.py_buffer(data))

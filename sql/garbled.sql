@@ -1,14 +1,12 @@
 -- garbled: drops samples containing the Unicode replacement character (bytes that were not
 -- valid UTF-8), C0/C1 control characters other than tab and newline, or more than
 -- $max_unprintable_share of format, private-use or surrogate characters.
-WITH texts AS (
+WITH suspects AS (  -- one scan for all of them: most texts have none and need no further look;
+                   -- reasoning and answer apart, not joined into a copy of every text
     SELECT sample_id, reasoning || answer AS t, completion_chars
     FROM candidates
-),
-suspects AS (  -- one scan for all of them: most texts have none and need no further look
-    SELECT *
-    FROM texts
-    WHERE regexp_matches(t, '[\x00-\x08\x0B\x0C\x0E-\x1F\x7F\x{80}-\x{9F}\x{FFFD}\p{Cf}\p{Co}\p{Cs}]')
+    WHERE regexp_matches(reasoning, '[\x00-\x08\x0B\x0C\x0E-\x1F\x7F\x{80}-\x{9F}\x{FFFD}\p{Cf}\p{Co}\p{Cs}]')
+       OR regexp_matches(answer, '[\x00-\x08\x0B\x0C\x0E-\x1F\x7F\x{80}-\x{9F}\x{FFFD}\p{Cf}\p{Co}\p{Cs}]')
 ),
 flags AS (
     SELECT

@@ -93,11 +93,11 @@ prompt_script AS MATERIALIZED (  -- once per prompt, not per sample
 judged AS (  -- an ASCII completion (bytes = characters) has only Latin letters: under a Latin
              -- prompt it needs no count. An answer that calls a tool (verdicts found a call) is
              -- not prose: the schema's names are English whatever the user's language
-    SELECT c.sample_id, p.script,
-           c.reasoning || CASE WHEN v.extracted LIKE '[{%' THEN '' ELSE c.answer END AS t
+    SELECT c.sample_id, p.script, c.reasoning || CASE WHEN v.sample_id IS NULL THEN c.answer ELSE '' END AS t
     FROM candidates c
     JOIN prompt_script p USING (prompt_id)
-    LEFT JOIN verdicts v USING (sample_id)
+    -- only the calls: a join against every verdict would hash a million ids to find a few
+    LEFT JOIN (SELECT sample_id FROM verdicts WHERE extracted LIKE '[{%') v USING (sample_id)
     WHERE p.script NOT IN ('none', 'unknown')
       AND NOT (p.script = 'latin' AND strlen(c.reasoning) + strlen(c.answer) = c.completion_chars)
 ),

@@ -2,7 +2,6 @@
 import random
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -14,13 +13,20 @@ from pipeline import minhash
 SPACELESS = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\u30FC\uFF70\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
 
 
+def fnv1a(word: str) -> int:
+    h = 0xCBF29CE484222325
+    for c in word:
+        h = (h ^ ord(c)) * 0x100000001B3 % 2**64
+    return h
+
+
 def naive_signatures(texts: list, mix: np.ndarray, bins: int) -> np.ndarray:
     """The definition, one text and one shingle at a time, in Python integers."""
     out = np.full((len(texts), bins), 2**32 - 1, dtype=np.uint32)
     for i, text in enumerate(texts):
         text = pc.utf8_lower(pa.array([text or ""]))[0].as_py()
         words = SPACELESS.sub(lambda m: f" {m.group()} ", text).split()
-        hashes = [zlib.crc32(w.encode()) for w in words]
+        hashes = [fnv1a(w) for w in words]
         k = len(mix)
         for window in [hashes[s:s + k] for s in range(len(hashes) - k + 1)] or [hashes]:
             h = sum(w * int(m) for w, m in zip(window, mix)) % 2**64
