@@ -427,11 +427,11 @@ def export_by_sample_id(con, view: str, path: Path, spec, what, memory_bytes: fl
     written = 0
     # DuckDB sorts the next range on its threads while this one compresses Parquet pages on another
     with atomic_path(path) as tmp, ThreadPoolExecutor(1) as fetcher:
-        ranges = list(itertools.pairwise(bounds))
-        pending = fetcher.submit(fetch, *ranges[0])
+        spans = list(itertools.pairwise(bounds))
+        pending = fetcher.submit(fetch, *spans[0])
         writer = None
         try:
-            for following in [*ranges[1:], None]:
+            for following in [*spans[1:], None]:
                 table = pending.result()
                 if following is not None:
                     pending = fetcher.submit(fetch, *following)

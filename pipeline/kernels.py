@@ -29,7 +29,6 @@ def _decode(data, pos):
             | ((np.int64(data[pos + 2]) & 0x3F) << 6) | (np.int64(data[pos + 3]) & 0x3F)), pos + 4
 
 
-
 FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
@@ -82,12 +81,8 @@ def signatures_into(data, offsets, valid, lower, kind, mix, out):
         pos, end = offsets[i], offsets[i + 1] if valid[i] else offsets[i]
         words, h, in_word = 0, FNV_OFFSET, False
         while pos < end:
-            b = data[pos]
-            if b < 0x80:
-                cp, pos = np.int64(lower[b]), pos + 1
-            else:
-                cp, pos = _decode(data, pos)
-                cp = np.int64(lower[cp])
+            cp, pos = _decode(data, pos)
+            cp = np.int64(lower[cp])
             cls = kind[cp]
             if cls == 0:
                 h = _fnv(h, cp)

@@ -12,8 +12,6 @@ holds 2**32 - 1. Equal bins between two texts estimate their Jaccard similarity.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -65,7 +63,7 @@ def signatures(texts: pa.Array, mix: np.ndarray, bins: int) -> np.ndarray:
     return out
 
 
-@functools.cache
+@utf8.table
 def _character_tables() -> tuple[np.ndarray, np.ndarray]:
     """Per code point: its lowercase (Arrow's utf8_lower, one code point to one) and its class
     (SPACE for utf8_split_whitespace's separators, ALONE for SPACELESS)."""

@@ -13,9 +13,6 @@ own tables (Arrow's match_substring_regex), the engine of the SQL that judges th
 """
 from __future__ import annotations
 
-import functools
-import threading
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,16 +61,8 @@ def _script_share(texts: pa.ChunkedArray, scripts: pa.ChunkedArray) -> pa.Array:
     return pa.array(counts[:, 1] / np.maximum(letters, 1), mask=letters == 0)
 
 
-_TABLE_LOCK = threading.Lock()  # DuckDB calls the function from several threads at once
-
-
+@utf8.table
 def _script_table() -> np.ndarray:
-    with _TABLE_LOCK:
-        return _build_script_table()
-
-
-@functools.cache
-def _build_script_table() -> np.ndarray:
     """Per code point: 0 if not a letter or mark, else its SCRIPTS class (1-based), INHERITED or
     OTHER; CUT for the characters that may open a cut."""
     cps, chars = utf8.codepoints()

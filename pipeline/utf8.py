@@ -4,6 +4,7 @@ with Arrow's own kernels (RE2 classes, utf8_lower, utf8_is_space)."""
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,20 @@ def buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data, offsets, valid
 
 
-@functools.cache
+def table(build):
+    """functools.cache for a character table built once per process, locked: DuckDB calls the
+    compiled passes' Python functions from several threads at once, and each would build it."""
+    cached, lock = functools.cache(build), threading.Lock()
+
+    @functools.wraps(build)
+    def get():
+        with lock:
+            return cached()
+
+    return get
+
+
+@table
 def codepoints() -> tuple[np.ndarray, pa.Array]:
     """Every code point but the surrogates, as numbers and as one-character strings."""
     cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
