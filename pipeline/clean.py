@@ -40,7 +40,7 @@ from duckdb import sqltypes
 
 from pipeline import manifest, minhash, prepare, scripts, toolcalls, traces
 from pipeline.config import CleanConfig, Config, EvalFileConfig, InputConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, sql_error
 from pipeline.files import (
     TMP_SUFFIX,
     atomic_path,
@@ -153,7 +153,7 @@ def connect(c: CleanConfig, out: Path):
         scripts.register(con)  # sql/language_mix.sql's letter count
         yield con
     except duckdb.OutOfMemoryException as e:
-        raise PipelineError(f"DuckDB ran out of memory at clean.memory_limit={c.memory_limit}: {_first_line(e)}") from None
+        raise PipelineError(f"DuckDB ran out of memory at clean.memory_limit={c.memory_limit}: {sql_error(e)}") from None
     finally:
         con.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -351,8 +351,8 @@ def apply_rules(con, c: CleanConfig, rules: list[str] | None = None) -> list[dic
         define_view(con, rule, path, sql)
         try:
             con.execute(f'INSERT INTO dropped SELECT DISTINCT sample_id, ?, ? FROM "{rule}"', [rule, order])
-        except duckdb.Error as e:
-            raise PipelineError(f"{path}: {_first_line(e)}") from None
+        except (duckdb.Error, UnicodeDecodeError) as e:
+            raise PipelineError(f"{path}: {sql_error(e)}") from None
         stray = con.execute("SELECT any_value(d.sample_id), count(*) FROM dropped d ANTI JOIN candidates c "
                             "USING (sample_id) WHERE d.rule_order = ?", [order]).fetchall()[0]
         if stray[1]:
@@ -380,8 +380,8 @@ def define_view(con, name: str, path: Path, sql: str) -> None:
         # quoted: a rule's file name may be an SQL keyword (semi.sql, order.sql)
         con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {body}')
         described = con.execute(f'SELECT * FROM "{name}" LIMIT 0').description
-    except duckdb.Error as e:
-        raise PipelineError(f"{path}: {_first_line(e)}{_position(e)}") from None
+    except (duckdb.Error, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: {sql_error(e)}{_position(e)}") from None
     types = {d[0]: str(d[1]) for d in described}
     if "sample_id" not in types:
         raise PipelineError(f"{path}: the rule must select a sample_id column (it selects {', '.join(types)})")
@@ -391,10 +391,6 @@ def define_view(con, name: str, path: Path, sql: str) -> None:
 
 def _strip_comments(sql: str) -> str:
     return re.sub(r"--[^\n]*", "", sql)
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0]
 
 
 def _position(e: Exception) -> str:

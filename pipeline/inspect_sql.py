@@ -21,7 +21,7 @@ import duckdb
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, sql_error
 from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, sql_quote
 
 # view -> files under the run directory (a glob for sharded tables); for prompts, the first that
@@ -84,8 +84,8 @@ def check_read_only(con, query: str, where: str) -> None:
     """One SELECT (or EXPLAIN) statement, or a one-line refusal naming what was found."""
     try:
         statements = con.extract_statements(query)
-    except duckdb.Error as e:
-        raise PipelineError(f"{where}: {str(e).strip().splitlines()[0]}") from None
+    except (duckdb.Error, UnicodeDecodeError) as e:
+        raise PipelineError(f"{where}: {sql_error(e)}") from None
     if len(statements) != 1:
         raise PipelineError(f"{where}: expected one statement, found {len(statements)}; distill sql is read-only")
     kind = statements[0].type
@@ -121,8 +121,8 @@ def run(run_dir: Path, query: str | None, file: str | None, fmt: str, output: st
                 click.echo(json.dumps(row, default=str, ensure_ascii=False))
         else:
             raise PipelineError("--format parquet needs --output FILE")
-    except duckdb.Error as e:
-        raise PipelineError(f"{where}: {str(e).strip().splitlines()[0]}") from None
+    except (duckdb.Error, UnicodeDecodeError) as e:
+        raise PipelineError(f"{where}: {sql_error(e)}") from None
 
 
 def write_result(table, path: Path, fmt: str) -> None:
@@ -155,6 +155,6 @@ def repl(con, views: list[str]) -> None:
                 con.sql(buffer).show(max_width=200, max_rows=100)
             except PipelineError as e:
                 click.secho(f"error: {e}", fg="red", err=True)
-            except duckdb.Error as e:
-                click.secho(f"error: {str(e).strip().splitlines()[0]}", fg="red", err=True)
+            except (duckdb.Error, UnicodeDecodeError) as e:
+                click.secho(f"error: {sql_error(e)}", fg="red", err=True)
             buffer = ""

@@ -83,3 +83,13 @@ def test_corrupt_shard_is_left_out_with_a_warning(run_dir, tmp_path):
     r = distill_cli("sql", copy, "SELECT count(*) AS n FROM prompts", "--format", "csv")
     assert r.returncode == 0 and r.stdout.splitlines()[-1] != "0"
     assert f"warning: {first}: not a readable Parquet file" in r.stderr and "left out of view generations" in r.stderr
+
+
+def test_a_json_function_on_chinese_prose_is_one_line(run_dir):
+    # DuckDB cuts the input it quotes in its error mid-character; the binding cannot decode the message
+    reply = "这个我用车上的功能做不到，还有什么可以帮您？"
+    r = distill_cli("sql", run_dir, f"SELECT json_extract_string('{reply}', '$.name')", check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "json_valid" in r.stderr, r.stderr
+    r = distill_cli("sql", run_dir, f"SELECT TRY(json_extract_string('{reply}', '$.name')) AS x", "--format", "csv")
+    assert r.returncode == 0
