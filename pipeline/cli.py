@@ -77,11 +77,17 @@ def set_environment_defaults() -> None:
 @main.command("models")
 @_config_args
 @_one_line_errors
-def models_cmd(config_file, overrides):
+@click.option("--choose-layers", type=int, default=None, metavar="N",
+              help="print which N teacher layers a pruned student should keep (greedy, minutes) and build nothing")
+def models_cmd(config_file, overrides, choose_layers):
     """Convert the embedded teacher and build the pruned student (cached)."""
     from pipeline import models
 
-    models.run(config_mod.load(config_file, overrides))
+    cfg = config_mod.load(config_file, overrides)
+    if choose_layers is None:
+        models.run(cfg)
+    else:
+        models.print_layer_choice(cfg, choose_layers)
 
 
 @main.command("prepare")

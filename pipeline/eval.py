@@ -59,7 +59,7 @@ def run(cfg: Config) -> dict:
         if fidelity:
             summary[name].update(fidelity)
         click.echo("  " + ", ".join(f"{k} {v}" for k, v in summary[name].items()
-                                    if k not in ("path", "per_class", "confusion", "per_language")))
+                                    if k not in ("path", "per_class", "confusion", "per_language", "per_source")))
     with atomic_path(out / "results.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=EVAL_RESULTS.arrow_schema), tmp, compression="zstd")
     write_json(out / "summary.json", summary)
@@ -165,7 +165,8 @@ def score(name: str, prompts: list[dict], generated: list[list[tuple]]) -> list[
 def tool_metrics(rows: list[dict]) -> dict:
     """The function-calling measures, where the task is tool calls: exact-call and function-name
     accuracy, argument precision/recall/F1, per-class precision/recall/F1 (no_call a class), the
-    confusion matrix (expected -> predicted -> count) and accuracy per language."""
+    confusion matrix (expected -> predicted -> count), and exact-call accuracy per language and per
+    source (the vehicle task's eval halves: new wordings, new values)."""
     rows = [r for r in rows if r["task"] == "tool"]
     if not rows:
         return {}
@@ -182,15 +183,17 @@ def tool_metrics(rows: list[dict]) -> dict:
         p, r = hit / max(called, 1), hit / max(expected, 1)
         per_class[c] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / max(p + r, 1e-9), 4),
                         "support": expected}
-    languages = sorted({r["language"] for r in rows if r["language"]})
+    def accuracy_by(key: str) -> dict:
+        groups = sorted({r[key] for r in rows if r[key]})
+        return {g: round(float(np.mean([r["correct"] for r in rows if r[key] == g])), 4) for g in groups}
+
     return {
         "exact_call_accuracy": round(float(np.mean([r["correct"] for r in rows])), 4),
         "name_accuracy": round(float(np.mean([r["expected_class"] == r["predicted_class"] for r in rows])), 4),
         "arg_precision": round(precision, 4), "arg_recall": round(recall, 4),
         "arg_f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4),
         "per_class": per_class, "confusion": confusion,
-        "per_language": {lang: round(float(np.mean([r["correct"] for r in rows if r["language"] == lang])), 4)
-                         for lang in languages},
+        "per_language": accuracy_by("language"), "per_source": accuracy_by("source"),
     }
 
 

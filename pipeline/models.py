@@ -123,6 +123,70 @@ def prune(teacher: Path, layers: list[int], models_dir: Path, dtype: str) -> Pat
     return out
 
 
+def print_layer_choice(cfg: Config, keep: int) -> list[int]:
+    """`distill models CONFIG --choose-layers N`: choose_layers on the run's train requests, each
+    step printed; builds nothing."""
+    from pipeline.files import read_table
+    from pipeline.schema import PROMPTS
+
+    teacher = resolve(cfg.models.teacher, cfg)
+    n = json.loads((teacher / "config.json").read_text())["num_hidden_layers"]
+    if not 1 <= keep < n:
+        raise PipelineError(f"--choose-layers: {keep}: between 1 and {n - 1} (the teacher has {n} layers)")
+    path = manifest.prompts_path(cfg)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no prompts: run `distill prepare` first (their train requests are the text)")
+    requests = [p["messages"][-1]["content"] for p in read_table(PROMPTS, path).to_pylist() if p["split"] == "train"]
+    for layer, loss, kept in choose_layers(teacher, keep, requests[:64], cfg.run.seed):
+        click.echo(f"models: {len(kept)} layers: without layer {layer}, loss {loss:.3f}")
+    click.echo(f"models: keep {kept}: set models.student_layers to it")
+    return kept
+
+
+def greedy_removal(n_layers: int, keep: int, loss) -> list[tuple[int, float, list[int]]]:
+    """Remove layers one at a time, each time the one whose removal raises `loss(kept layers)`
+    least, until `keep` remain: [(removed layer, loss after, layers kept)] in removal order."""
+    kept, steps = list(range(n_layers)), []
+    while len(kept) > keep:
+        value, layer = min((loss([i for i in kept if i != j]), j) for j in kept)
+        kept.remove(layer)
+        steps.append((layer, value, list(kept)))
+    return steps
+
+
+def choose_layers(teacher: Path, keep: int, texts: list[str], seed: int = 0) -> list[tuple[int, float, list[int]]]:
+    """Which `keep` layers to prune to: greedy_removal of the layer that least hurts what the
+    student must start from. Loss = the stack's NLL on `texts` (the run's requests, its languages)
+    plus its NLL on the second half of repeated random token strings: copying, which a
+    function-calling student needs for names and numbers, and which dies with a few layers of
+    SmolLM2 (11, 16, 18: see README, Function calling)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    stack = model.model.layers
+    text = torch.tensor([tokenizer("\n".join(texts)).input_ids[:384]])
+    vocab = model.config.vocab_size  # ordinary tokens: past the specials and bytes, short of the rare
+    half = torch.randint(min(1000, vocab // 4), min(20_000, vocab // 2), (8, 32),
+                         generator=torch.Generator().manual_seed(seed))
+    repeated = torch.cat([half, half], 1)
+
+    def nll(ids: torch.Tensor, start: int) -> float:
+        logits = model(ids).logits[:, start:-1]
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, start + 1:].flatten()).item()
+
+    def loss(layers: list[int]) -> float:
+        model.model.layers = torch.nn.ModuleList(stack[i] for i in layers)
+        for new_idx, layer in enumerate(model.model.layers):
+            layer.self_attn.layer_idx = new_idx
+        model.config.num_hidden_layers = len(layers)
+        with torch.no_grad():
+            return nll(text, 0) + nll(repeated, half.shape[1])
+
+    return greedy_removal(len(stack), keep, loss)
+
+
 # Llama-3's (and R1's) pre-tokenizer: digits in groups of up to three, where SmolLM2 splits each.
 GROUPED_DIGITS = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")

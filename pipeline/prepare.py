@@ -56,7 +56,7 @@ def run(cfg: Config) -> dict:
         v = cfg.prepare.vehicle
         for split, rows in vehicle.splits(v.n_train, v.n_eval, v.seed).items():
             spec = InputConfig(path="vehicle", split=split, prompt="question", reference="reference", id="id",
-                               tools="tools", difficulty="difficulty", language="language", task="tool")
+                               tools="tools", difficulty="difficulty", language="language", source="source", task="tool")
             sources.append((spec, ((i + 1, r) for i, r in enumerate(rows))))
     for spec in cfg.prepare.inputs:
         sources.append((spec, _read(spec)))

@@ -286,7 +286,8 @@ def _function_calling(m: dict) -> str:
             rows.append({"model": name, "class": cls, **v})
     overall = [{"model": n, **{k: summary[n].get(k) for k in ("exact_call_accuracy", "name_accuracy", "arg_f1",
                                                               "latency_p50_s", "latency_p95_s", "size_mb")},
-                "per_language": json.dumps(summary[n].get("per_language", {}))} for n in models]
+                **{k: json.dumps(summary[n].get(k, {}), ensure_ascii=False) for k in ("per_language", "per_source")}}
+               for n in models]
     focus = "student" if "student" in models else models[-1]
     confusion = summary[focus]["confusion"]
     classes = list(confusion)
@@ -304,7 +305,7 @@ def _function_calling(m: dict) -> str:
     ax.set_title(f"{focus}: confusion matrix", fontsize=9)
     return ("<h2>Function calling (held-out requests)</h2>"
             + _table(overall, ["model", "exact_call_accuracy", "name_accuracy", "arg_f1", "latency_p50_s",
-                               "latency_p95_s", "size_mb", "per_language"])
+                               "latency_p95_s", "size_mb", "per_language", "per_source"])
             + "<h3>Per class</h3>" + _table(rows, ["model", "class", "precision", "recall", "f1", "support"])
             + _png(fig))
 

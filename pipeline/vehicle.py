@@ -8,10 +8,12 @@ TOOLS with one to three arguments (difficulty = their number), as JSON {"name", 
 `[]` for chit-chat, questions about the car and requests no function serves (class no_call, one
 row in seven). The other classes are the function names, taken in turn; languages alternate.
 
-Every (class, language) has train-only and eval-only templates, so no eval utterance is a train
-template with other values; eval also never repeats a train question or a TEACHER_CONTEXT example,
-whose examples come from train templates. The same seed always gives the same rows, all distinct;
-the templates hold about 3,000 train and 2,000 eval rows (more raise ValueError). SYSTEM_PROMPT and
+Eval asks two things, half its rows each (told apart by `source`): requests in wordings train never
+uses (every (class, language) has eval-only templates: NEW_WORDING), and requests in train's wordings
+with slot values held out of train (a fixed fifth of every train template's value combinations:
+NEW_VALUES). Eval never repeats a train question or a TEACHER_CONTEXT example, whose examples come
+from train templates and values. The same seed always gives the same rows, all distinct; the
+templates hold about 2,300 train and 600 eval rows (more raise ValueError). SYSTEM_PROMPT and
 TEACHER_CONTEXT (worked examples: eight written by hand, then EXAMPLE_POOL rows drawn from train
 templates, from which generate.teacher_examples picks the ones most like each request) are meant
 for the teacher's prompt only.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import AbstractSet, Callable
+from typing import AbstractSet, Callable, NamedTuple
 
 
 def _fn(name: str, properties: dict, optional: tuple[str, ...] = ()) -> dict:
@@ -165,26 +167,55 @@ SLOTS: dict[str, tuple[str | None, Picker]] = {
     "color": ("color", _choice({
         "red": (["red"], ["红色"]), "blue": (["blue"], ["蓝色"]), "green": (["green"], ["绿色"]),
         "white": (["white"], ["白色"]), "purple": (["purple"], ["紫色"]), "orange": (["orange"], ["橙色"])})),
+    # Many values, each said rarely: a student that copies from the request does well, one that
+    # memorizes the values it saw does not.
     "destination": ("destination", _verbatim(
         ["Central Station", "Union Square", "Stanford University", "Golden Gate Park", "Pier 39", "Lakeside Mall",
-         "City Hospital", "Riverside Park", "Oakland Airport", "Maple Street"],
+         "City Hospital", "Riverside Park", "Oakland Airport", "Maple Street", "Harbor Bridge", "Grand Hotel",
+         "Pine Valley", "the public library", "Ocean Beach", "Sunset Boulevard", "Tech Park", "Westfield Mall",
+         "the city museum", "Lincoln High School", "Greenwood Cemetery", "Elm Avenue", "the football stadium",
+         "Cedar Lake", "the nearest gas station", "Mission Bay", "Fisherman's Wharf", "Chinatown", "the zoo",
+         "North Beach", "Santa Cruz", "Berkeley Marina", "the convention center", "Oak Street 12", "Palo Alto",
+         "the train museum", "Twin Peaks", "Highland Hospital", "Sausalito", "the ferry terminal"],
         ["首都机场", "上海虹桥站", "西湖", "天安门广场", "中关村", "人民医院", "陆家嘴", "环球影城", "南京路步行街",
-         "奥林匹克公园"])),
+         "奥林匹克公园", "外滩", "颐和园", "故宫", "三里屯", "望京", "浦东机场", "北京南站", "鼓楼", "国贸",
+         "五道口", "中山公园", "人民广场", "徐家汇", "世纪公园", "动物园", "西单", "王府井", "朝阳公园",
+         "科技园", "市图书馆", "体育中心", "火车东站", "滨江公园", "大学城", "市政府", "会展中心", "老城区",
+         "迪士尼乐园", "最近的加油站", "儿童医院"])),
     "artist": ("query", _verbatim(
-        ["Taylor Swift", "Coldplay", "Miles Davis", "Adele", "Daft Punk", "Beethoven", "Queen", "Norah Jones"],
-        ["周杰伦", "邓紫棋", "王菲", "陈奕迅", "五月天", "林俊杰", "李健", "许嵩"])),
+        ["Taylor Swift", "Coldplay", "Miles Davis", "Adele", "Daft Punk", "Beethoven", "Queen", "Norah Jones",
+         "Ed Sheeran", "Billie Eilish", "The Beatles", "Mozart", "Bob Dylan", "Beyonce", "Radiohead", "ABBA",
+         "Drake", "Bruno Mars", "Elton John", "Nirvana", "Dua Lipa", "Bach", "Frank Sinatra", "Rihanna",
+         "U2", "Pink Floyd", "Shakira", "Eminem", "Lady Gaga", "John Coltrane"],
+        ["周杰伦", "邓紫棋", "王菲", "陈奕迅", "五月天", "林俊杰", "李健", "许嵩", "孙燕姿", "张学友", "刘德华",
+         "蔡依林", "薛之谦", "毛不易", "朴树", "李宗盛", "邓丽君", "张惠妹", "汪峰", "赵雷", "郭顶", "田馥甄",
+         "周深", "王力宏", "莫文蔚", "梁静茹", "张杰", "华晨宇", "李荣浩", "那英"])),
     "podcast": ("query", _verbatim(
         ["The Daily", "Radiolab", "Freakonomics", "Hard Fork", "Planet Money", "Serial", "Huberman Lab",
-         "99% Invisible"],
-        ["忽左忽右", "随机波动", "故事FM", "日谈公园", "声东击西", "不合时宜", "文化有限", "大内密谈"])),
+         "99% Invisible", "This American Life", "Lex Fridman", "Stuff You Should Know", "Reply All",
+         "Hidden Brain", "TED Radio Hour", "Invisibilia", "Acquired", "The Moth", "Science Vs", "Making Sense",
+         "Pod Save America"],
+        ["忽左忽右", "随机波动", "故事FM", "日谈公园", "声东击西", "不合时宜", "文化有限", "大内密谈", "看理想",
+         "商业就是这样", "三五环", "知行小酒馆", "半拿铁", "无人知晓", "岩中花述", "跳岛FM", "井户端会议",
+         "东腔西调", "得意忘形", "翻转电台"])),
     "station": ("query", _verbatim(
-        ["NPR", "BBC World Service", "KQED", "Jazz FM", "Classic FM", "BBC Radio 2", "WNYC", "Capital FM"],
-        ["中国之声", "交通广播", "音乐之声", "经济之声", "新闻广播", "都市之声", "文艺广播", "中国乡村之声"])),
+        ["NPR", "BBC World Service", "KQED", "Jazz FM", "Classic FM", "BBC Radio 2", "WNYC", "Capital FM",
+         "KEXP", "Radio 4", "Heart FM", "KCRW", "Absolute Radio", "Magic FM", "WQXR", "Smooth Radio",
+         "Radio X", "Kiss FM", "LBC", "Virgin Radio"],
+        ["中国之声", "交通广播", "音乐之声", "经济之声", "新闻广播", "都市之声", "文艺广播", "中国乡村之声",
+         "故事广播", "体育广播", "城市之声", "怀旧金曲", "国际广播", "华夏之声", "民族之声", "经典音乐广播",
+         "轻松调频", "动感101", "欢乐调频", "老年之声"])),
     "volume": ("level", _number(0, 30)),
     "name": ("name", _verbatim(
         ["Mom", "Dad", "Alex", "Sarah Miller", "Dr. Patel", "David Chen", "Grandma", "Emily", "Jake", "Priya",
-         "Uncle Joe", "Maria Lopez"],
-        ["妈妈", "爸爸", "老王", "张伟", "李经理", "王阿姨", "小刘", "陈医生", "老婆", "刘总", "小美", "赵老师"])),
+         "Uncle Joe", "Maria Lopez", "Tom", "Jessica", "Grandpa", "Kevin Wu", "Aunt Linda", "Olivia", "Sam",
+         "Mr. Johnson", "Hannah", "Carlos", "Dr. Kim", "Rachel Green", "Ben", "Sophie", "Coach Taylor",
+         "Michael Brown", "Nina", "Omar", "Laura", "Chris", "Ms. Garcia", "Ethan", "Zoe", "Daniel Park",
+         "Lily", "Mark", "Isabella", "Ryan"],
+        ["妈妈", "爸爸", "老王", "张伟", "李经理", "王阿姨", "小刘", "陈医生", "老婆", "刘总", "小美", "赵老师",
+         "爷爷", "奶奶", "外婆", "姐姐", "哥哥", "弟弟", "妹妹", "老公", "孙老师", "周经理", "吴医生", "小张",
+         "老李", "杨总", "黄阿姨", "林叔叔", "郑秘书", "小陈", "马师傅", "何律师", "高主任", "徐老师", "小杨",
+         "钱总", "宋医生", "韩经理", "小赵", "冯阿姨"])),
     "mode": ("mode", _choice({"eco": (["eco", "economy", "energy saving"], ["经济", "节能", "省电"]),
                               "comfort": (["comfort", "comfortable"], ["舒适", "舒适型"]),
                               "sport": (["sport", "sports", "sporty"], ["运动", "动感"])})),
@@ -391,6 +422,7 @@ _TRIES = 1000  # fresh wordings sought per row before giving up
 # made the exact call on 69% of train requests (greedy), against 22% with a fixed dozen and 0%
 # with the tools alone (measured on 120 requests).
 EXAMPLE_POOL, EXAMPLE_SEED = 240, 7
+HELD_OUT = 0.2
 # What a no_call example answers: the teacher learns to decline briefly in the user's language.
 _DECLINE = {"en": "I can't do that with the car's controls, but I'm happy to help with something else.",
             "zh": "这个我用车上的功能做不到，还有什么可以帮您？"}
@@ -401,16 +433,16 @@ def templates(cls: str, lang: str, split: str) -> list[tuple[str, dict]]:
     return [(t, {}) if isinstance(t, str) else t for t in TEMPLATES[cls][lang][split == "eval"]]
 
 
-def render(pattern: str, fixed: dict, lang: str, rng: random.Random) -> tuple[str, dict]:
-    """Fill a template's slots: (question, arguments)."""
-    args, said = dict(fixed), {}
+def render(pattern: str, fixed: dict, lang: str, rng: random.Random) -> tuple[str, dict, dict]:
+    """Fill a template's slots: (question, arguments, the value picked for each slot)."""
+    args, said, values = dict(fixed), {}, {}
     for slot in _FIELD.findall(pattern):
         arg, pick = SLOTS[slot]
-        value, said[slot] = pick(rng, lang)
+        values[slot], said[slot] = pick(rng, lang)
         if arg is not None:
-            args[arg] = value
+            args[arg] = values[slot]
     text = rng.choice(_WAKE[lang]) + pattern.format(**said)
-    return text[0].upper() + text[1:], args
+    return text[0].upper() + text[1:], args, values
 
 
 def _class(i: int) -> str:
@@ -419,8 +451,22 @@ def _class(i: int) -> str:
     return FUNCTIONS[(i - i // NO_CALL_EVERY) % len(FUNCTIONS)]  # functions in turn over the other rows
 
 
-def generate(n: int, split: str, seed: int, exclude: AbstractSet[str] = frozenset()) -> list[tuple[str, dict]]:
-    """`n` distinct rows from `split`'s templates, each with its template's pattern (for tests)."""
+class Drawn(NamedTuple):
+    pattern: str
+    combination: tuple  # (pattern, slot values): what a request means, whatever its wake phrase or number words
+    row: dict
+
+
+def held_out(combination: tuple) -> bool:
+    """Whether a (pattern, slot values) combination is kept for eval's NEW_VALUES half: a fixed share
+    HELD_OUT of every train template's combinations, the same for every seed and n_train."""
+    return bool(combination[1]) and random.Random(repr(combination)).random() < HELD_OUT
+
+
+def generate(n: int, split: str, seed: int, exclude: AbstractSet[str] = frozenset(),
+             keep: Callable[[tuple], bool] = lambda combination: True) -> list[Drawn]:
+    """`n` distinct rows from `split`'s templates, none a question in `exclude`, each a combination
+    `keep` accepts."""
     rng = random.Random(seed)
     seen = set(exclude)
     out = []
@@ -429,8 +475,9 @@ def generate(n: int, split: str, seed: int, exclude: AbstractSet[str] = frozense
         options = templates(cls, lang, split)
         for _ in range(_TRIES):
             pattern, fixed = rng.choice(options)
-            question, args = render(pattern, fixed, lang, rng)
-            if question not in seen:
+            question, args, values = render(pattern, fixed, lang, rng)
+            combination = (pattern, tuple(sorted(values.items())))
+            if question not in seen and keep(combination):
                 break
         else:
             raise ValueError(f"vehicle: no new {split} wording for {cls} ({lang}) after {_TRIES} tries; "
@@ -439,7 +486,7 @@ def generate(n: int, split: str, seed: int, exclude: AbstractSet[str] = frozense
         # Arguments in schema order, so every reference of a function reads the same way.
         call = [] if cls == "no_call" else {"name": cls, "arguments": {
             k: args[k] for k in _PROPERTIES[cls] if k in args}}
-        out.append((pattern, {
+        out.append(Drawn(pattern, combination, {
             "id": f"vehicle-{'eval-' if split == 'eval' else ''}{seed}-{i}", "question": question,
             "reference": json.dumps(call, ensure_ascii=False), "tools": TOOLS_JSON, "language": lang, "class": cls,
             "difficulty": len(args)}))
@@ -447,11 +494,10 @@ def generate(n: int, split: str, seed: int, exclude: AbstractSet[str] = frozense
 
 
 def worked_examples() -> list[dict]:
-    """TEACHER_CONTEXT: the hand-written examples, then EXAMPLE_POOL rows of train templates, as
+    """TEACHER_CONTEXT: the hand-written examples, then the EXAMPLE_POOL rows of train templates, as
     user/assistant messages (a call as its JSON, a no_call row as a brief refusal)."""
     pairs = list(_EXAMPLES)
-    seen = {q for q, _ in pairs}
-    for _, row in generate(EXAMPLE_POOL, "train", EXAMPLE_SEED, exclude=seen):
+    for _, _, row in _POOL:
         call = json.loads(row["reference"])
         pairs.append((row["question"], call or _DECLINE[row["language"]]))
     return [m for question, answer in pairs for m in (
@@ -459,12 +505,24 @@ def worked_examples() -> list[dict]:
         {"role": "assistant", "content": answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)})]
 
 
+def _trained(combination: tuple) -> bool:
+    return not held_out(combination)
+
+
+_POOL = generate(EXAMPLE_POOL, "train", EXAMPLE_SEED, exclude={q for q, _ in _EXAMPLES}, keep=_trained)
 TEACHER_CONTEXT = worked_examples()
+# The eval split's two halves, by `source`: how a student does on wordings it never saw, and on the
+# wordings it trained on with slot values they never carried there.
+NEW_WORDING, NEW_VALUES = "vehicle/new-wording", "vehicle/new-values"
 
 
 def splits(n_train: int, n_eval: int, seed: int) -> dict[str, list[dict]]:
-    """Train and eval rows from disjoint templates; eval repeats no train or teacher question."""
-    train = [row for _, row in generate(n_train, "train", seed)]
+    """Train rows, and eval rows of two kinds: half (NEW_WORDING) from eval-only templates, half
+    (NEW_VALUES) from train templates with slot values held out of train and the worked examples.
+    Eval repeats no train or teacher question."""
+    train = [dict(d.row, source="vehicle") for d in generate(n_train, "train", seed, keep=_trained)]
     taken = {r["question"] for r in train} | {m["content"] for m in TEACHER_CONTEXT if m["role"] == "user"}
-    evals = [row for _, row in generate(n_eval, "eval", seed + 1_000_003, exclude=taken)]
-    return {"train": train, "eval": evals}
+    new_wording = [d.row for d in generate(n_eval - n_eval // 2, "eval", seed + 1_000_003, exclude=taken)]
+    new_values = [d.row for d in generate(n_eval // 2, "train", seed + 2_000_003, exclude=taken, keep=held_out)]
+    return {"train": train, "eval": [dict(r, source=NEW_WORDING) for r in new_wording]
+            + [dict(r, id=r["id"].replace("vehicle-", "vehicle-eval-"), source=NEW_VALUES) for r in new_values]}

@@ -103,9 +103,9 @@ def test_language_mix_does_not_judge_a_call_as_prose(tmp_path):
     assert rejects == {"t-1": "language_mix"}
 
 
-def test_tool_metrics_per_class_confusion_and_language():
-    prompts = [{"prompt_id": str(i), "task": "tool", "source": "s", "difficulty": 1, "language": lang, "reference": ref,
-                "tools": vehicle.TOOLS_JSON}
+def test_tool_metrics_per_class_confusion_language_and_source():
+    prompts = [{"prompt_id": str(i), "task": "tool", "source": "ab"[i // 2], "difficulty": 1, "language": lang,
+                "reference": ref, "tools": vehicle.TOOLS_JSON}
                for i, (lang, ref) in enumerate([("en", '{"name": "set_fan_speed", "arguments": {"level": 3}}'),
                                                 ("zh", '{"name": "set_volume", "arguments": {"level": 10}}'),
                                                 ("en", "[]"), ("zh", '{"name": "set_fan_speed", "arguments": {"level": 2}}')])]
@@ -119,6 +119,6 @@ def test_tool_metrics_per_class_confusion_and_language():
     assert m["confusion"]["set_volume"]["set_fan_speed"] == 1 and m["confusion"]["no_call"]["no_call"] == 1
     fan = m["per_class"]["set_fan_speed"]
     assert fan["precision"] == round(2 / 3, 4) and fan["recall"] == 1.0 and fan["support"] == 2
-    assert m["per_language"] == {"en": 1.0, "zh": 0.0}
+    assert m["per_language"] == {"en": 1.0, "zh": 0.0} and m["per_source"] == {"a": 0.5, "b": 0.5}
     # right: 1 tp; wrong function: its argument fp, the expected one fn; wrong value: fp
     assert (m["arg_precision"], m["arg_recall"]) == (round(1 / 3, 4), 0.5)

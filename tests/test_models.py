@@ -27,6 +27,39 @@ def test_prune_keeps_layers_and_tokenizer(tiny_tokenizer_dir, tmp_path):
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # cached, not rewritten
 
 
+def test_greedy_removal_drops_the_layer_that_costs_least_each_time():
+    # an interaction the greedy must see: layers 1 and 2 are cheap alone but costly together
+    cost = {0: 5.0, 1: 1.0, 2: 1.5, 3: 2.0, 4: 9.0}
+
+    def loss(kept):
+        gone = set(range(5)) - set(kept)
+        return sum(cost[i] for i in gone) + (10.0 if {1, 2} <= gone else 0.0)
+
+    steps = models.greedy_removal(5, 2, loss)
+    # 2 is the next cheapest alone, but not once 1 is gone (12.5); then 0 costs less than 2 or 4
+    assert [layer for layer, _, _ in steps] == [1, 3, 0]
+    assert [loss for _, loss, _ in steps] == [1.0, 3.0, 8.0] and steps[-1][2] == [2, 4]
+
+
+def test_layer_choice_runs_on_a_tiny_teacher(tiny_teacher_dir):
+    steps = models.choose_layers(tiny_teacher_dir, 1, ["turn on the lights", "把空调调到二十二度"])
+    kept = steps[-1][2]
+    assert len(kept) == 1 and len(steps) == AutoModelForCausalLM.from_pretrained(tiny_teacher_dir).config.num_hidden_layers - 1
+
+
+def test_layer_choice_needs_prompts_and_a_count_the_teacher_has(tiny_teacher_dir, tmp_path):
+    import pytest
+    from pipeline.errors import PipelineError
+    cfg = config.load(write_config(tmp_path / "c.yaml", f"""
+        run: {{name: t, artifacts_dir: {tmp_path}}}
+        models: {{teacher: {tiny_teacher_dir}}}
+        """))
+    with pytest.raises(PipelineError, match="between 1 and 3"):
+        models.print_layer_choice(cfg, 4)
+    with pytest.raises(PipelineError, match="run `distill prepare` first"):
+        models.print_layer_choice(cfg, 2)
+
+
 def test_prune_rejects_missing_layer(tiny_teacher_dir, tmp_path):
     import pytest
     from pipeline.errors import PipelineError

@@ -1,5 +1,6 @@
-"""The built-in vehicle-control task: seeded rows, disjoint train/eval templates, references valid
-under TOOLS, numbers said in words, and a TOOLS list small enough for the student's context."""
+"""The built-in vehicle-control task: seeded rows, an eval split of unseen wordings and of held-out
+values, references valid under TOOLS, numbers said in words, and a TOOLS list small enough for the
+student's context."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import pytest
 from pipeline import vehicle
 
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in vehicle.TOOLS}
-KEYS = {"id", "question", "reference", "tools", "language", "class", "difficulty"}
+KEYS = {"id", "question", "reference", "tools", "language", "class", "difficulty", "source"}
 
 
 def _validate(call: dict) -> None:
@@ -35,7 +36,7 @@ def _patterns(split: str) -> list[str]:
 def _renders(times: int) -> list[tuple[str, str, str, str, dict]]:
     """(class, pattern, language, question, arguments) for every call template, rendered `times` times."""
     rng = random.Random(0)
-    return [(cls, pattern, lang, *vehicle.render(pattern, fixed, lang, rng))
+    return [(cls, pattern, lang, *vehicle.render(pattern, fixed, lang, rng)[:2])
             for cls in vehicle.FUNCTIONS for lang in vehicle.LANGUAGES for split in ("train", "eval")
             for pattern, fixed in vehicle.templates(cls, lang, split) for _ in range(times)]
 
@@ -53,20 +54,39 @@ def test_templates_of_train_and_eval_are_disjoint():
 
 
 def test_rows_of_train_and_eval_are_disjoint():
-    train = vehicle.generate(600, "train", seed=0)
-    evals = vehicle.generate(300, "eval", seed=1)
-    assert not {p for p, _ in train} & {p for p, _ in evals}
-    assert not {(p, r["reference"]) for p, r in train} & {(p, r["reference"]) for p, r in evals}
+    train = vehicle.generate(600, "train", seed=0, keep=lambda c: not vehicle.held_out(c))
+    new_wording = vehicle.generate(300, "eval", seed=1)
+    new_values = vehicle.generate(300, "train", seed=2, keep=vehicle.held_out)
+    assert not {d.pattern for d in train} & {d.pattern for d in new_wording}
+    assert {d.pattern for d in new_values} <= {p for p in _patterns("train")}
+    # a held-out request is one train never had: the same template, but other values in its slots
+    assert not {d.combination for d in train} & {d.combination for d in new_values}
+    assert all(d.combination[1] for d in new_values)
     s = vehicle.splits(600, 300, seed=0)
     questions = [r["question"] for r in s["train"]], [r["question"] for r in s["eval"]]
     assert len(set(questions[0])) == 600 and len(set(questions[1])) == 300
     assert not set(questions[0]) & set(questions[1])
     assert len({r["id"] for r in s["train"] + s["eval"]}) == 900
+    assert Counter(r["source"] for r in s["eval"]) == {vehicle.NEW_WORDING: 150, vehicle.NEW_VALUES: 150}
 
 
-@pytest.mark.parametrize("split", ["train", "eval"])
-def test_languages_and_classes_in_proportion(split):
-    rows = vehicle.splits(700, 350, seed=2)[split]
+def test_held_out_values_do_not_depend_on_the_seed_or_the_train_size():
+    def combinations(n_train, seed):
+        return {tuple(sorted(r.items())) for r in vehicle.splits(n_train, 40, seed)["eval"]
+                if r["source"] == vehicle.NEW_VALUES}
+
+    assert combinations(100, 0) == combinations(1000, 0)
+    assert combinations(100, 0) != combinations(100, 1)  # another sample, of the same held-out share
+    held = [vehicle.held_out((p, (("fan", n),))) for p, _ in vehicle.templates("set_fan_speed", "en", "train")
+            if "{fan}" in p for n in range(8)]
+    assert 0 < sum(held) < len(held)
+    assert not vehicle.held_out(("I'm cold", ()))  # a wording with no slots has no other values to hold out
+
+
+@pytest.mark.parametrize("split,source", [("train", "vehicle"), ("eval", vehicle.NEW_WORDING),
+                                          ("eval", vehicle.NEW_VALUES)])
+def test_languages_and_classes_in_proportion(split, source):
+    rows = [r for r in vehicle.splits(700, 350, seed=2)[split] if r["source"] == source]
     assert all(set(r) == KEYS for r in rows)
     languages, classes = Counter(r["language"] for r in rows), Counter(r["class"] for r in rows)
     assert set(languages) == {"en", "zh"} and abs(languages["en"] - languages["zh"]) <= 1
@@ -130,7 +150,7 @@ def test_teacher_context_comes_from_train_templates_only():
     assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
     assert len(messages) // 2 == 8 + vehicle.EXAMPLE_POOL
     examples = list(zip(messages[::2], messages[1::2]))
-    eval_questions = {r["question"] for r in vehicle.splits(0, 1500, seed=0)["eval"]}
+    eval_questions = {r["question"] for r in vehicle.splits(0, 500, seed=0)["eval"]}
     train, evals = _patterns("train"), _patterns("eval")
     languages = set()
     for question, answer in examples:
