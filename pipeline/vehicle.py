@@ -402,7 +402,8 @@ TEMPLATES: dict[str, dict[str, tuple[list, list]]] = {
 # Wake phrases multiply the wordings of short commands ("close the sunroof") without new intents.
 _WAKE = {"en": ["", "", "hey car, ", "ok car, ", "hi car, "], "zh": ["", "", "小车小车，", "嘿，小车，", "你好小车，"]}
 
-# Worked examples for the teacher's prompt only, all from train templates (eval never shows them).
+# Worked examples for the teacher's prompt only, all from train templates and values not held out
+# (eval never shows them).
 _EXAMPLES = [
     ("Set the passenger side to twenty-one degrees", {"name": "set_temperature", "arguments": {
         "zone": "passenger", "celsius": 21}}),
@@ -410,9 +411,10 @@ _EXAMPLES = [
     ("It's stuffy in here", {"name": "set_window", "arguments": {"window": "all", "open_percent": 20}}),
     ("把副驾座椅通风开到二档", {"name": "set_seat_climate", "arguments": {
         "seat": "passenger", "mode": "vent", "level": 2}}),
-    ("Play the Radiolab podcast", {"name": "play_media", "arguments": {"query": "Radiolab", "source": "podcast"}}),
+    ("Play the Freakonomics podcast", {"name": "play_media", "arguments": {
+        "query": "Freakonomics", "source": "podcast"}}),
     ("去西湖，避开收费站", {"name": "navigate_to", "arguments": {"destination": "西湖", "avoid_tolls": True}}),
-    ("Tell me a joke about traffic", "Why did the traffic light blush? Everyone saw it change."),
+    ("Tell me a joke about coffee", "Why did the coffee file a police report? It got mugged."),
     ("充满电能跑多远？", "续航取决于车况和驾驶习惯，仪表盘上会显示当前的预计续航里程。"),
 ]
 LANGUAGES = ("en", "zh")
@@ -422,7 +424,7 @@ _TRIES = 1000  # fresh wordings sought per row before giving up
 # made the exact call on 69% of train requests (greedy), against 22% with a fixed dozen and 0%
 # with the tools alone (measured on 120 requests).
 EXAMPLE_POOL, EXAMPLE_SEED = 240, 7
-HELD_OUT = 0.2
+HELD_OUT = 0.2  # of each train template's value combinations, for eval: enough for 600 eval rows
 # What a no_call example answers: the teacher learns to decline briefly in the user's language.
 _DECLINE = {"en": "I can't do that with the car's controls, but I'm happy to help with something else.",
             "zh": "这个我用车上的功能做不到，还有什么可以帮您？"}

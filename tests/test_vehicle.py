@@ -150,7 +150,11 @@ def test_teacher_context_comes_from_train_templates_only():
     assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
     assert len(messages) // 2 == 8 + vehicle.EXAMPLE_POOL
     examples = list(zip(messages[::2], messages[1::2]))
-    eval_questions = {r["question"] for r in vehicle.splits(0, 500, seed=0)["eval"]}
+    evals = vehicle.splits(0, 500, seed=0)["eval"]
+    eval_questions = {r["question"] for r in evals}
+    # nor does a held-out request repeat a hand-written example under a wake phrase
+    for text, _ in vehicle._EXAMPLES:
+        assert not any(r["question"].lower().endswith(text.lower()) for r in evals), text
     train, evals = _patterns("train"), _patterns("eval")
     languages = set()
     for question, answer in examples:
