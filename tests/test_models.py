@@ -49,6 +49,7 @@ def test_layer_choice_runs_on_a_tiny_teacher(tiny_teacher_dir):
 
 def test_layer_choice_needs_prompts_and_a_count_the_teacher_has(tiny_teacher_dir, tmp_path):
     import pytest
+
     from pipeline.errors import PipelineError
     cfg = config.load(write_config(tmp_path / "c.yaml", f"""
         run: {{name: t, artifacts_dir: {tmp_path}}}
@@ -62,6 +63,7 @@ def test_layer_choice_needs_prompts_and_a_count_the_teacher_has(tiny_teacher_dir
 
 def test_prune_rejects_missing_layer(tiny_teacher_dir, tmp_path):
     import pytest
+
     from pipeline.errors import PipelineError
     with pytest.raises(PipelineError, match="layer 9 does not exist"):
         models.prune(tiny_teacher_dir, [0, 9], tmp_path, "float32")
