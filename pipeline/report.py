@@ -267,9 +267,13 @@ def _headline(m: dict) -> str:
     size = teacher.get("size_mb", 0) / max(student.get("size_mb", 0), 1e-9)
     which = "with its worked examples" if "teacher_context" in summary else ""
     measure = "exact-call accuracy" if key == "exact_call_accuracy" else "accuracy"
+    sources = student.get("per_source", {})
+    halves = "" if len(sources) < 2 else "; " + ", ".join(  # the vehicle task's eval halves, side by side
+        f"{name.split('/')[-1]} {v:.2f} vs {teacher.get('per_source', {}).get(name, float('nan')):.2f}"
+        for name, v in sources.items())
     return (f"<p class='headline'><b>The student recovers {share:.0%} of the teacher's {measure}</b> "
-            f"({student[key]:.2f} vs {teacher[key]:.2f} for the teacher {which} on held-out requests; baseline "
-            f"{summary.get('baseline', {}).get(key, float('nan')):.2f}) at {speed:.1f} times its speed "
+            f"({student[key]:.2f} vs {teacher[key]:.2f} for the teacher {which} on held-out requests{halves}; "
+            f"baseline {summary.get('baseline', {}).get(key, float('nan')):.2f}) at {speed:.1f} times its speed "
             f"(median latency) and {size:.1f} times smaller.</p>")
 
 

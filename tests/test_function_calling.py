@@ -122,3 +122,19 @@ def test_tool_metrics_per_class_confusion_language_and_source():
     assert m["per_language"] == {"en": 1.0, "zh": 0.0} and m["per_source"] == {"a": 0.5, "b": 0.5}
     # right: 1 tp; wrong function: its argument fp, the expected one fn; wrong value: fp
     assert (m["arg_precision"], m["arg_recall"]) == (round(1 / 3, 4), 0.5)
+
+
+def test_report_headline_names_the_share_speed_size_and_each_eval_half():
+    from pipeline import report
+
+    def model(exact, p50, size, halves):
+        return {"exact_call_accuracy": exact, "latency_p50_s": p50, "size_mb": size,
+                "per_source": dict(zip(("vehicle/new-wording", "vehicle/new-values"), halves))}
+
+    summary = {"teacher": model(0.1, 1.0, 256, (0.1, 0.1)), "teacher_context": model(0.4, 0.8, 256, (0.3, 0.5)),
+               "baseline": model(0.125, 0.5, 128, (0.1, 0.15)), "student": model(0.5, 0.2, 128, (0.25, 0.75))}
+    text = report._headline({"eval": {"summary": summary}})
+    assert "recovers 125% of the teacher's exact-call accuracy" in text
+    assert "(0.50 vs 0.40 for the teacher with its worked examples on held-out requests; " \
+           "new-wording 0.25 vs 0.30, new-values 0.75 vs 0.50; baseline 0.12)" in text
+    assert "at 4.0 times its speed (median latency) and 2.0 times smaller" in text
