@@ -112,15 +112,23 @@ def prune(teacher: Path, layers: list[int], models_dir: Path, dtype: str) -> Pat
         return out
     click.echo(f"models: pruning {teacher} to layers {layers} -> {out} ...")
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
-    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in layers)
-    for new_idx, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = new_idx  # the KV cache is indexed by position in the stack
-    model.config.num_hidden_layers = len(layers)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in layers]
+    _keep_layers(model, model.model.layers, getattr(model.config, "layer_types", None), layers)
     _save(model.to(getattr(torch, dtype)), teacher, out, {"source": str(teacher), "source_sha256": source_sha,
                                                            "dtype": dtype, "layers": layers})
     return out
+
+
+def _keep_layers(model, stack, layer_types: list | None, layers: list[int]) -> None:
+    """Make `model` run `layers` of `stack` (the teacher's whole list of decoder layers, and
+    `layer_types` its per-layer config), renumbered: the KV cache is indexed by position in the stack."""
+    import torch
+
+    model.model.layers = torch.nn.ModuleList(stack[i] for i in layers)
+    for new_idx, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_idx
+    model.config.num_hidden_layers = len(layers)
+    if layer_types:
+        model.config.layer_types = [layer_types[i] for i in layers]
 
 
 def print_layer_choice(cfg: Config, keep: int) -> list[int]:
@@ -137,6 +145,8 @@ def print_layer_choice(cfg: Config, keep: int) -> list[int]:
     if not path.is_file():
         raise PipelineError(f"{path}: no prompts: run `distill prepare` first (their train requests are the text)")
     requests = [p["messages"][-1]["content"] for p in read_table(PROMPTS, path).to_pylist() if p["split"] == "train"]
+    if not requests:
+        raise PipelineError(f"{path}: no train prompts, and their requests are the text the layers are chosen on")
     for layer, loss, kept in choose_layers(teacher, keep, requests[:64], cfg.run.seed):
         click.echo(f"models: {len(kept)} layers: without layer {layer}, loss {loss:.3f}")
     click.echo(f"models: keep {kept}: set models.student_layers to it")
@@ -159,13 +169,13 @@ def choose_layers(teacher: Path, keep: int, texts: list[str], seed: int = 0) -> 
     student must start from. Loss = the stack's NLL on `texts` (the run's requests, its languages)
     plus its NLL on the second half of repeated random token strings: copying, which a
     function-calling student needs for names and numbers, and which dies with a few layers of
-    SmolLM2 (11, 16, 18: see README, Function calling)."""
+    SmolLM2 (11, 16, 18: see README, Models)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher)
-    stack = model.model.layers
+    stack, layer_types = model.model.layers, getattr(model.config, "layer_types", None)
     text = torch.tensor([tokenizer("\n".join(texts)).input_ids[:384]])
     vocab = model.config.vocab_size  # ordinary tokens: past the specials and bytes, short of the rare
     half = torch.randint(min(1000, vocab // 4), min(20_000, vocab // 2), (8, 32),
@@ -177,10 +187,7 @@ def choose_layers(teacher: Path, keep: int, texts: list[str], seed: int = 0) -> 
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, start + 1:].flatten()).item()
 
     def loss(layers: list[int]) -> float:
-        model.model.layers = torch.nn.ModuleList(stack[i] for i in layers)
-        for new_idx, layer in enumerate(model.model.layers):
-            layer.self_attn.layer_idx = new_idx
-        model.config.num_hidden_layers = len(layers)
+        _keep_layers(model, stack, layer_types, layers)
         with torch.no_grad():
             return nll(text, 0) + nll(repeated, half.shape[1])
 

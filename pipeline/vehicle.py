@@ -454,9 +454,12 @@ def _class(i: int) -> str:
 
 
 class Drawn(NamedTuple):
-    pattern: str
     combination: tuple  # (pattern, slot values): what a request means, whatever its wake phrase or number words
     row: dict
+
+    @property
+    def pattern(self) -> str:
+        return self.combination[0]
 
 
 def held_out(combination: tuple) -> bool:
@@ -488,7 +491,7 @@ def generate(n: int, split: str, seed: int, exclude: AbstractSet[str] = frozense
         # Arguments in schema order, so every reference of a function reads the same way.
         call = [] if cls == "no_call" else {"name": cls, "arguments": {
             k: args[k] for k in _PROPERTIES[cls] if k in args}}
-        out.append(Drawn(pattern, combination, {
+        out.append(Drawn(combination, {
             "id": f"vehicle-{'eval-' if split == 'eval' else ''}{seed}-{i}", "question": question,
             "reference": json.dumps(call, ensure_ascii=False), "tools": TOOLS_JSON, "language": lang, "class": cls,
             "difficulty": len(args)}))
@@ -499,7 +502,7 @@ def worked_examples() -> list[dict]:
     """TEACHER_CONTEXT: the hand-written examples, then the EXAMPLE_POOL rows of train templates, as
     user/assistant messages (a call as its JSON, a no_call row as a brief refusal)."""
     pairs = list(_EXAMPLES)
-    for _, _, row in _POOL:
+    for _, row in _POOL:
         call = json.loads(row["reference"])
         pairs.append((row["question"], call or _DECLINE[row["language"]]))
     return [m for question, answer in pairs for m in (

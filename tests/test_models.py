@@ -51,6 +51,8 @@ def test_layer_choice_needs_prompts_and_a_count_the_teacher_has(tiny_teacher_dir
     import pytest
 
     from pipeline.errors import PipelineError
+    from pipeline.files import write_table
+    from pipeline.schema import PROMPTS
     cfg = config.load(write_config(tmp_path / "c.yaml", f"""
         run: {{name: t, artifacts_dir: {tmp_path}}}
         models: {{teacher: {tiny_teacher_dir}}}
@@ -58,6 +60,11 @@ def test_layer_choice_needs_prompts_and_a_count_the_teacher_has(tiny_teacher_dir
     with pytest.raises(PipelineError, match="between 1 and 3"):
         models.print_layer_choice(cfg, 4)
     with pytest.raises(PipelineError, match="run `distill prepare` first"):
+        models.print_layer_choice(cfg, 2)
+    path = manifest.prompts_path(cfg)
+    path.parent.mkdir(parents=True)
+    write_table(PROMPTS, PROMPTS.from_pylist([]), path)
+    with pytest.raises(PipelineError, match="no train prompts"):
         models.print_layer_choice(cfg, 2)
 
 
