@@ -290,6 +290,10 @@ class GenerateConfig:
     backend: str = "vllm"
     n: int = 1  # samples per prompt
     temperature: float | None = None  # None: the preset's
+    # Rejection sampling's second chance: a train prompt whose n samples all fail its reference
+    # (the scorer clean verifies with) gets this many sampled tries more; 0 = none.
+    retries: int = 0
+    retry_temperature: float = 0.6  # above 0, or a retry repeats a greedy try; the presets' sampling temperature
     top_p: float | None = None  # None: the preset's
     max_new_tokens: int | None = None  # None: the preset's
     think_end: str | None = None  # text closing the reasoning; "" for a teacher that does not reason
@@ -327,6 +331,8 @@ class GenerateConfig:
                "false only with backend openai-chat (the other backends need the top-k)")
         _check(self.teacher_examples >= 0, "teacher_examples", ">= 0")
         _check(self.n >= 1, "n", ">= 1")
+        _check(self.retries >= 0, "retries", ">= 0")
+        _check(_finite(self.retry_temperature) and self.retry_temperature > 0, "retry_temperature", "a finite number > 0")
         _check(_finite(self.temperature) and self.temperature >= 0, "temperature", "a finite number >= 0")
         _check(0 < self.top_p <= 1, "top_p", "in (0, 1]")
         _check(_finite(self.eval_temperature) and self.eval_temperature >= 0, "eval_temperature", "a finite number >= 0")

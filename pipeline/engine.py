@@ -42,10 +42,32 @@ def engine_args(cfg: Config) -> dict:
     return args
 
 
-def sampling_of(prompt: dict, gen) -> tuple[float, float]:
-    """(temperature, top_p) for a prompt: the preset's for train, the raw distribution's for eval
-    (generate.eval_temperature / eval_top_p), whose traces measure fidelity."""
-    return (gen.eval_temperature, gen.eval_top_p) if prompt["split"] == "eval" else (gen.temperature, gen.top_p)
+@dataclass
+class Tries:
+    """The samples one request asks for: sample_idx first.. first+n-1, at this temperature and top-p."""
+
+    first: int
+    n: int
+    temperature: float
+    top_p: float
+
+
+def tries_of(prompt: dict, gen) -> Tries:
+    """The preset's sampling for train, the raw distribution's for eval (generate.eval_temperature /
+    eval_top_p), whose traces measure fidelity; a prompt generate marks `retry` gets its
+    `retries` sampled tries after its first n."""
+    if prompt.get("retry"):
+        return Tries(gen.n, gen.retries, gen.retry_temperature, gen.top_p)
+    if prompt["split"] == "eval":
+        return Tries(0, gen.n, gen.eval_temperature, gen.eval_top_p)
+    return Tries(0, gen.n, gen.temperature, gen.top_p)
+
+
+def request_seed(run_seed: int, prompt_id: str, gen, tries: Tries) -> int | None:
+    """The seed of a request's first sample (vLLM seeds sample i with seed + i), or None unseeded."""
+    from pipeline.generate import prompt_seed
+
+    return prompt_seed(run_seed, prompt_id, gen.n + gen.retries) + tries.first if gen.per_request_seed else None
 
 
 def flat_to_arrays(lp, k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,15 +147,14 @@ class VLLMTeacher:
 
     def generate(self, todo: Iterable[tuple[dict, str, list[int]]]) -> Iterator[tuple[dict, str, list[int], list]]:
         """Yield (prompt, text, ids, [Completion] * n) as requests finish."""
-        from pipeline.generate import prompt_seed
-
         g = self.cfg.generate
 
         def request(prompt, ids):
-            seed = prompt_seed(self.cfg.run.seed, prompt["prompt_id"], g.n) if g.per_request_seed else None
+            tries = tries_of(prompt, g)
+            seed = request_seed(self.cfg.run.seed, prompt["prompt_id"], g, tries)
             params = self.sampling_params(seed)
             params.max_tokens = min(g.max_new_tokens, g.engine.max_model_len - len(ids))
-            params.temperature, params.top_p = sampling_of(prompt, g)
+            params.n, params.temperature, params.top_p = tries.n, tries.temperature, tries.top_p
             return ids, params, seed
 
         def completions(out, ids, seed, latency):
@@ -248,12 +269,10 @@ class ServedTeacher:
 
     def _sampling(self, prompt: dict, ids: list[int]) -> tuple[int | None, dict]:
         """(seed, request fields) of the preset's sampling for one prompt."""
-        from pipeline.generate import prompt_seed
-
         g = self.cfg.generate
-        seed = prompt_seed(self.cfg.run.seed, prompt["prompt_id"], g.n) if g.per_request_seed else None
-        temperature, top_p = sampling_of(prompt, g)
-        body = {"model": self.model, "n": g.n, "temperature": temperature, "top_p": top_p,
+        tries = tries_of(prompt, g)
+        seed = request_seed(self.cfg.run.seed, prompt["prompt_id"], g, tries)
+        body = {"model": self.model, "n": tries.n, "temperature": tries.temperature, "top_p": tries.top_p,
                 "max_tokens": min(g.max_new_tokens, g.engine.max_model_len - len(ids))}
         if seed is not None:
             body["seed"] = seed

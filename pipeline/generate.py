@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline import manifest, topk
 from pipeline.config import Config, section_hash
-from pipeline.engine import TextCompletion
+from pipeline.engine import TextCompletion, tries_of
 from pipeline.errors import PipelineError
 from pipeline.files import (
     TMP_SUFFIX,
@@ -53,6 +53,7 @@ from pipeline.files import (
 from pipeline.reasoning import THINK_END, THINK_START, join_completion
 from pipeline.render import TeacherContext, context_of, render, with_context
 from pipeline.schema import GENERATE_SKIPPED, GENERATIONS, PROMPTS, TEACHER_TOPK
+from pipeline.scoring import extract, is_correct
 
 PART = re.compile(r"part-(\d+)of(\d+)-(\d+)\.parquet$")
 
@@ -69,11 +70,12 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
         return score_imported(cfg, shard, imported)
     if score and gen.n != 1:
         raise PipelineError(f"{cfg.file}: generate.n must be 1 with --score (each prompt has one given completion)")
+    if score and gen.backend != "vllm":
+        raise PipelineError(f"{cfg.file}: --score needs generate.backend: vllm (prompt logprobs)")
     teacher = manifest.require(cfg, "models")["models"]["teacher"]
     if cfg.augment.n > 0:
         manifest.require(cfg, "augment")  # its prompts table, with the variants, is the one to generate for
     tokenizer = _tokenizer(teacher["path"])
-    think_end_ids = _think_end_ids(tokenizer, gen.think_end)
 
     # Refuse to mix outputs of different settings into one run.
     settings = _check_settings(out / "settings.json", {**output_settings(cfg, teacher),
@@ -90,34 +92,23 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
     click.echo(f"generate: shard {shard[0]}/{shard[1]}: {len(prompts)} prompts x {gen.n} samples; "
                f"{len(done)} samples on disk, {len(pending) * gen.n} pending")
 
-    stats = {"samples": 0, "tokens": 0, "seconds": 0.0, "bytes": 0}
+    sampler = Sampler(cfg, teacher["path"], tokenizer, out, shard, score, done, settings)
     if pending:
-        writer = ShardWriter(out, shard, gen.shard_size)
-        from pipeline.engine import teacher_engine
-
-        if score and gen.backend != "vllm":
-            raise PipelineError(f"{cfg.file}: --score needs generate.backend: vllm (prompt logprobs)")
-        engine = teacher_engine(cfg, teacher["path"], tokenizer, score=score)
-        rendered = _render(tokenizer, pending, gen, skipped, score, context_of(cfg))
-        t0 = time.time()
-        with progress(total, len(done), "generate", "sample") as bar:
-            for prompt, text, ids, completions in (engine.score(rendered) if score else engine.generate(rendered)):
-                for i, c in enumerate(completions):
-                    if settings.get("topk") != (has_topk := not isinstance(c, TextCompletion)):
-                        settings = _record_topk(out / "settings.json", has_topk)
-                    gen_row, topk_row = sample_rows(prompt, text, ids, i, c, tokenizer, think_end_ids, teacher["path"])
-                    writer.add(gen_row, topk_row)
-                    stats["tokens"] += gen_row["completion_tokens"]
-                stats["samples"] += len(completions)
-                bar.update(len(completions))
-                bar.set_postfix_str(f"{stats['tokens'] / (time.time() - t0):.0f} tok/s", refresh=False)
-        writer.flush()
-        stats["seconds"] = time.time() - t0
-        stats["bytes"] = writer.bytes
+        sampler.run(_render(tokenizer, pending, gen, skipped, score, context_of(cfg)), total, len(done), "generate")
+    if gen.retries and not score:
+        owed, _ = retry_state(out, prompts, gen)
+        if owed:
+            click.echo(f"generate: {len(owed)} train prompts failed their reference in all {gen.n} tries; "
+                       f"{gen.retries} sampled tries more each at temperature {gen.retry_temperature}")
+            retry = [{**p, "retry": True, "request_id": f"{p['prompt_id']}-retry"} for p in owed]
+            sampler.run(_render(tokenizer, retry, gen, skipped, score, context_of(cfg)), len(owed) * gen.retries, 0,
+                        "generate retries")
+    stats, settings = sampler.stats, sampler.settings
+    if stats["samples"]:
         tps = stats["tokens"] / max(stats["seconds"], 1e-9)
         click.echo(f"generate: {stats['samples']} samples, {stats['tokens']} tokens in {stats['seconds']:.1f}s "
-                   f"({tps:.0f} tok/s), {writer.bytes / 1e6:.2f} MB written "
-                   f"({writer.topk_bytes / max(stats['tokens'], 1):.1f} bytes of top-k per token)")
+                   f"({tps:.0f} tok/s), {stats['bytes'] / 1e6:.2f} MB written "
+                   f"({stats['topk_bytes'] / max(stats['tokens'], 1):.1f} bytes of top-k per token)")
         if settings.get("topk") is False:
             click.echo("generate: no logprobs from the server: a text-only run with no teacher_topk sidecar; "
                        "training on it will be SFT (kd_weight 0)")
@@ -127,6 +118,76 @@ def run(cfg: Config, shard: tuple[int, int] = (0, 1), score: bool = False) -> di
         write_table(GENERATE_SKIPPED, GENERATE_SKIPPED.from_pylist(skipped),
                     out / f"skipped-{shard[0]:03d}of{shard[1]:03d}.parquet")
     return _finish_if_complete(cfg, started, settings, stats)
+
+
+class Sampler:
+    """Turns rendered prompts into shards, pass after pass (first tries, then retries): the engine
+    starts at the first pass and serves the rest. A sample already on disk is not written again:
+    a kill can leave part of a prompt's samples in a finished shard."""
+
+    def __init__(self, cfg: Config, model: str, tokenizer, out: Path, shard: tuple[int, int], score: bool,
+                 done: set[str], settings: dict):
+        self.cfg, self.model, self.tokenizer, self.out, self.shard, self.score = cfg, model, tokenizer, out, shard, score
+        self.done, self.settings = done, settings
+        self.think_end_ids = _think_end_ids(tokenizer, cfg.generate.think_end)
+        self.engine = None
+        self.stats = {"samples": 0, "tokens": 0, "seconds": 0.0, "bytes": 0, "topk_bytes": 0}
+
+    def run(self, rendered, total: int, initial: int, desc: str) -> None:
+        from pipeline.engine import teacher_engine
+
+        if self.engine is None:
+            self.engine = teacher_engine(self.cfg, self.model, self.tokenizer, score=self.score)
+        writer = ShardWriter(self.out, self.shard, self.cfg.generate.shard_size)
+        stats, t0 = self.stats, time.time()
+        with progress(total, initial, desc, "sample") as bar:
+            for prompt, text, ids, completions in (self.engine.score(rendered) if self.score
+                                                   else self.engine.generate(rendered)):
+                for i, c in enumerate(completions, start=tries_of(prompt, self.cfg.generate).first):
+                    if self.settings.get("topk") != (has_topk := not isinstance(c, TextCompletion)):
+                        self.settings = _record_topk(self.out / "settings.json", has_topk)
+                    gen_row, topk_row = sample_rows(prompt, text, ids, i, c, self.tokenizer, self.think_end_ids,
+                                                    self.model)
+                    if gen_row["sample_id"] in self.done:
+                        continue
+                    writer.add(gen_row, topk_row)
+                    stats["tokens"] += gen_row["completion_tokens"]
+                    stats["samples"] += 1
+                bar.update(len(completions))
+                bar.set_postfix_str(f"{stats['tokens'] / (time.time() - t0):.0f} tok/s", refresh=False)
+        writer.flush()
+        stats["seconds"] += time.time() - t0
+        stats["bytes"] += writer.bytes
+        stats["topk_bytes"] += writer.topk_bytes
+
+
+def retry_state(out: Path, prompts: list[dict], gen) -> tuple[list[dict], dict]:
+    """(prompts owed retries, counts). A train prompt with a reference is owed generate.retries
+    sampled tries once its first n are on disk and none is right by the verifier clean uses
+    (scoring.extract / is_correct), until they are all on disk. counts: prompts retried, and those
+    a retry got right."""
+    mine = {p["prompt_id"]: p for p in prompts if p["split"] == "train" and p["reference"] is not None}
+    answers: dict[str, dict[int, str]] = {pid: {} for pid in mine}
+    for part in sorted((out / "generations").glob("part-*.parquet")):
+        table = pq.read_table(part, columns=["prompt_id", "sample_idx", "answer"])
+        for pid, idx, answer in zip(*(c.to_pylist() for c in table.columns)):
+            if pid in answers:
+                answers[pid][idx] = answer
+
+    def right(p: dict, tries: range) -> bool:
+        return any(is_correct(extract(answers[p["prompt_id"]][i], p["task"]), p["reference"], p["task"]) for i in tries)
+
+    first, retries = range(gen.n), range(gen.n, gen.n + gen.retries)
+    owed, counts = [], {"prompts_retried": 0, "retries_right": 0}
+    for pid, p in mine.items():
+        if not all(i in answers[pid] for i in first) or right(p, first):
+            continue
+        if all(i in answers[pid] for i in retries):
+            counts["prompts_retried"] += 1
+            counts["retries_right"] += right(p, retries)
+        else:
+            owed.append(p)
+    return owed, counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +206,8 @@ def output_settings(cfg: Config, teacher: dict) -> dict:
         "teacher_context": section_hash(dataclasses.asdict(context_of(cfg))),
         "max_new_tokens": gen.max_new_tokens, "max_model_len": gen.engine.max_model_len, "top_k": gen.top_k,
         "think_end": gen.think_end, "system_prompt": gen.system_prompt, "seed": cfg.run.seed,
+        # only when on, so runs written before retries existed still resume
+        **({"retries": gen.retries, "retry_temperature": gen.retry_temperature} if gen.retries else {}),
         "per_request_seed": gen.per_request_seed, "logprobs_mode": "raw_logprobs",
         "logprob_step": topk.STEP, "topk_codec": 2, "dtype": gen.engine.dtype, "quantization": gen.engine.quantization,
     }
@@ -229,7 +292,8 @@ def _in_shard(prompt_id: str, shard: tuple[int, int]) -> bool:
 
 
 def prompt_seed(run_seed: int, prompt_id: str, n: int) -> int:
-    """Spaced by n because vLLM seeds sample i with seed + i: no two samples share a seed."""
+    """Spaced by n (a prompt's samples, retries included) because vLLM seeds sample i with seed + i:
+    no two samples share a seed."""
     return int(hashlib.sha256(f"{run_seed}:{prompt_id}".encode()).hexdigest()[:12], 16) * n
 
 
@@ -359,12 +423,15 @@ def _finish_if_complete(cfg: Config, started: float, settings: dict, stats: dict
     expected = {f"{p['prompt_id']}-{i}" for p in prompts if _wanted(p, gen, settings["mode"] == "score")
                 and p["prompt_id"] not in skipped for i in range(gen.n)}
     done = done_samples(out)
-    if not expected <= done:
-        click.echo(f"generate: {len(expected - done)} samples still missing (other shards); manifest not written yet")
+    owed, retried = retry_state(out, [p for p in prompts if _wanted(p, gen, False)], gen) \
+        if gen.retries and settings["mode"] == "sample" else ([], {})
+    if not expected <= done or owed:
+        click.echo(f"generate: {len(expected - done) + len(owed) * gen.retries} samples still missing (other shards); "
+                   "manifest not written yet")
         return None
     # text_only: no teacher_topk (a chat API gave no logprobs): what a run can train is SFT
     counts = {"samples": len(done), "prompts_skipped": len(skipped), **_disk_counts(out, gen.top_k),
-              "text_only": settings.get("topk") is False}
+              "text_only": settings.get("topk") is False, **retried}
     return manifest.write(cfg, "generate", started, counts, settings=settings, last_pass=stats,
                           sampling={"temperature": gen.temperature, "top_p": gen.top_p,
                                     "logprobs_mode": "raw_logprobs (T=1, before temperature and top-p)"})
@@ -599,7 +666,8 @@ def dry_run(cfg: Config, shard: tuple[int, int], data_parallel: int) -> None:
     click.echo(f"teacher:        {cfg.models.teacher}")
     click.echo(f"backend:        {gen.backend}")
     click.echo(f"engine args:    {json.dumps(engine_args(cfg), sort_keys=True)}")
-    click.echo(f"sampling:       n={gen.n} temperature={gen.temperature} top_p={gen.top_p} "
+    retries = f" retries={gen.retries} at temperature {gen.retry_temperature}" if gen.retries else ""
+    click.echo(f"sampling:       n={gen.n}{retries} temperature={gen.temperature} top_p={gen.top_p} "
                f"max_new_tokens={gen.max_new_tokens} top_k={gen.top_k} (raw logprobs) think_end={gen.think_end!r} "
                f"system_prompt={gen.system_prompt}")
     per = gen.engine.tensor_parallel_size * gen.engine.pipeline_parallel_size

@@ -33,6 +33,8 @@ def test_defaults_and_override(tmp_path):
     ("run: {name: x}\n", ["run.sede=1"], "run.sede: unknown key"),
     ("run: [1, 2]\n", [], "run: expected a mapping"),
     ("run: {name: x\n", [], "invalid YAML"),
+    ("generate: {retries: -1}\n", [], "generate.retries: >= 0"),
+    ("generate: {retry_temperature: 0}\n", [], "generate.retry_temperature: a finite number > 0"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, body, override, message):
     p = write_config(tmp_path / "bad.yaml", body)

@@ -248,3 +248,61 @@ def test_missing_teacher_directory_is_one_line_error(tmp_path):
         """)
     result = CliRunner().invoke(main, ["models", str(cfg)])
     assert result.exit_code == 1 and "no-such-model: no such model directory" in result.output
+
+
+def test_retries_sample_more_for_the_prompts_whose_first_tries_are_wrong(tiny_teacher_dir, tmp_path):
+    """Every arithmetic answer of the random tiny teacher is wrong: each train prompt gets its two
+    sampled retries after the greedy try, eval prompts none; a kill that cuts a prompt's retries
+    across parts is redone without duplicates, and a finished run reruns to nothing."""
+    cfg = write_config(tmp_path / "r.yaml", f"""
+        run: {{name: r, artifacts_dir: {tmp_path / 'artifacts'}}}
+        models: {{teacher: {tiny_teacher_dir}, student_layers: [0], dtype: float32}}
+        prepare: {{arithmetic: {{n_train: 6, n_eval: 2}}}}
+        generate: {{n: 1, temperature: 0.0, retries: 2, retry_temperature: 1.0, max_new_tokens: 12, top_k: 5,
+                    shard_size: 4, engine: {{max_model_len: 256, dtype: float32, enforce_eager: true}}}}
+        """)
+    distill_cli("models", cfg)
+    distill_cli("prepare", cfg)
+    first = distill_cli("generate", cfg)
+    assert "6 train prompts failed their reference in all 1 tries; 2 sampled tries more each" in first.stdout
+    run_dir = tmp_path / "artifacts/r"
+    prompts = pq.read_table(run_dir / "prepare/prompts.parquet").to_pylist()
+    want = {f"{p['prompt_id']}-{i}" for p in prompts for i in (range(3) if p["split"] == "train" else range(1))}
+    gen = pq.read_table(run_dir / "generate/generations").to_pylist()
+    assert sorted(r["sample_id"] for r in gen) == sorted(want)
+    assert len({r["seed"] for r in gen}) == len(gen), "retries get seeds of their own"
+    answers = {r["sample_id"]: r["answer"] for r in gen}
+    assert any(answers[f"{p['prompt_id']}-1"] != answers[f"{p['prompt_id']}-2"] for p in prompts
+               if p["split"] == "train"), "retries are sampled, not greedy"
+    counts = json.loads((run_dir / "generate/manifest.json").read_text())["counts"]
+    assert counts["prompts_retried"] == 6 and counts["retries_right"] == 0 and counts["samples"] == 20
+
+    last = sorted((run_dir / "generate/generations").glob("part-*.parquet"))[-1]  # retries of two prompts
+    lost = set(pq.read_table(last, columns=["sample_id"]).column(0).to_pylist())
+    last.unlink()
+    (run_dir / "generate/teacher_topk" / last.name).unlink()
+    distill_cli("generate", cfg)
+    again = [r["sample_id"] for r in pq.read_table(run_dir / "generate/generations").to_pylist()]
+    assert sorted(again) == sorted(want) and lost <= set(again)
+    rerun = distill_cli("generate", cfg)
+    assert "0 pending" in rerun.stdout and "sampled tries more" not in rerun.stdout
+
+
+def test_retry_state_owes_retries_only_to_wrong_train_prompts(tmp_path):
+    """Which prompts a retry pass samples for, from the answers on disk (pure logic)."""
+    import pyarrow as pa
+
+    from pipeline.config import GenerateConfig
+
+    (tmp_path / "generations").mkdir()
+    rows = [("right", 0, "\\boxed{4}"), ("wrong", 0, "\\boxed{5}"),
+            ("retried", 0, "\\boxed{5}"), ("retried", 1, "\\boxed{3}"), ("retried", 2, "\\boxed{4}"),
+            ("half", 0, "\\boxed{5}"), ("half", 1, "\\boxed{5}"), ("eval", 0, "\\boxed{5}"), ("free", 0, "hello")]
+    pq.write_table(pa.table({"prompt_id": [r[0] for r in rows], "sample_idx": [r[1] for r in rows],
+                             "answer": [r[2] for r in rows]}), tmp_path / "generations/part-000of001-00000.parquet")
+    prompts = [{"prompt_id": pid, "split": "eval" if pid == "eval" else "train", "task": "math",
+                "reference": None if pid == "free" else "4"} for pid in ("right", "wrong", "retried", "half", "eval",
+                                                                         "free", "unstarted")]
+    owed, counts = generate.retry_state(tmp_path, prompts, GenerateConfig(retries=2))
+    assert [p["prompt_id"] for p in owed] == ["wrong", "half"]
+    assert counts == {"prompts_retried": 1, "retries_right": 1}
