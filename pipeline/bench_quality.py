@@ -78,7 +78,7 @@ def bench_quality(cfg: Config, seeds: int) -> dict:
 
 def evaluate(cfg: Config, model_dir: Path, prompts: list[dict], seconds: float) -> dict:
     fidelity = eval_stage.teacher_fidelity(cfg, model_dir) or {}
-    generated, timing = eval_stage._generate_in_subprocess(cfg, model_dir, prompts)
+    ((generated, timing),) = eval_stage.generate_in_subprocess(cfg, model_dir, [prompts])
     scored = eval_stage.score("model", prompts, generated)
     row = {"model": str(model_dir), "kl_per_byte": fidelity.get("kl_per_byte"),
            "top1_agreement": fidelity.get("top1_agreement"),

@@ -4,7 +4,7 @@ held-out eval prompts, in numbers (artifacts/<run>/eval/).
     distill eval configs/quickstart.yaml
 
 Accuracy: each model generates `eval.n` samples per eval prompt with vLLM (one engine process per
-model), scored by task type (pipeline.scoring): pass@1 averaged over n, majority vote, output
+model directory), scored by task type (pipeline.scoring): pass@1 averaged over n, majority vote, output
 length, truncation, tokens/s and per-request latency. Fidelity, without the teacher: on the
 teacher's held-out traces (eval split of generate), the model's per-token KL from the stored
 top-k (same tail handling as training), its top-1 agreement, and for any tokenizer the KL to the
@@ -48,9 +48,8 @@ def run(cfg: Config) -> dict:
                             f"reference to score against (e.g. {unscorable[0]}); give prepare a reference column")
     rows, summary = [], {}
     context = context_of(cfg)
-    for name, model_dir, seen in _runs(contenders, prompts, context):
+    for name, model_dir, (generated, timing) in _runs(cfg, contenders, prompts, context):
         click.echo(f"eval: {name} ({model_dir}) on {len(prompts)} prompts x {cfg.eval.n} ...")
-        generated, timing = _generate_in_subprocess(cfg, model_dir, seen)
         model_rows = score(name, prompts, generated)
         rows += model_rows
         summary[name] = {"path": str(model_dir), "size_mb": round(model_size(model_dir) / 2**20, 1),
@@ -66,14 +65,17 @@ def run(cfg: Config) -> dict:
     return manifest.write(cfg, "eval", started, {"prompts": len(prompts), "rows": len(rows)}, summary=summary)
 
 
-def _runs(contenders: dict[str, Path], prompts: list[dict], context: TeacherContext):
-    """(name, model directory, prompts as that model sees them): every model on the plain prompts,
-    and with a teacher-only context the teacher a second time with it (`teacher_context`), so the
-    report shows what the context buys and how much of it the student absorbed."""
+def _runs(cfg: Config, contenders: dict[str, Path], prompts: list[dict], context: TeacherContext):
+    """(name, model directory, (generations, timing)): every model on the plain prompts, and with a
+    teacher-only context the teacher a second time with it (`teacher_context`), so the report shows
+    what the context buys and how much of it the student absorbed. One engine per directory: the
+    teacher's two runs share it."""
     for name, model_dir in contenders.items():
-        yield name, model_dir, prompts
+        runs = {name: prompts}
         if name == "teacher" and context:
-            yield "teacher_context", model_dir, [with_context(p, context) for p in prompts]
+            runs["teacher_context"] = [with_context(p, context) for p in prompts]
+        for run_name, result in zip(runs, generate_in_subprocess(cfg, model_dir, list(runs.values()))):
+            yield run_name, model_dir, result
 
 
 def model_size(model_dir: Path) -> int:
@@ -112,13 +114,15 @@ def _label(model_dir: Path) -> str:
 # Generation: one spawned process per model, so each vLLM engine starts and ends cleanly.
 
 
-def _generate_in_subprocess(cfg: Config, model_dir: Path, prompts: list[dict]):
+def generate_in_subprocess(cfg: Config, model_dir: Path, prompt_sets: list[list[dict]]) -> list[tuple]:
+    """_generate in a process of its own, so each engine's memory is returned when it ends."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(_generate, (cfg, str(model_dir), prompts))
+        return pool.apply(_generate, (cfg, str(model_dir), prompt_sets))
 
 
-def _generate(cfg: Config, model_dir: str, prompts: list[dict]):
+def _generate(cfg: Config, model_dir: str, prompt_sets: list[list[dict]]) -> list[tuple]:
+    """(generations, timing) of each prompt set, from one engine."""
     from transformers import AutoTokenizer
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -126,23 +130,26 @@ def _generate(cfg: Config, model_dir: str, prompts: list[dict]):
     from pipeline.engine import engine_args, start_llm
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = [render(tokenizer, p, cfg.generate.system_prompt, cfg.generate.think_start)[1] for p in prompts]
     llm = start_llm(model_dir, **engine_args(cfg))
     params = SamplingParams(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                             max_tokens=cfg.eval.max_new_tokens, seed=cfg.run.seed)
-    llm.generate([TokensPrompt(prompt_token_ids=ids[0])], params, use_tqdm=False)  # warm-up, not timed
-    started = time.perf_counter()
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=True)  # progress
-    wall = time.perf_counter() - started
-    generated = [[(c.text, len(c.token_ids), c.finish_reason) for c in o.outputs] for o in outputs]
-    # single-request latency: a few prompts alone, as one user of a small on-device model sees it
-    latencies = []
-    for i in ids[:cfg.eval.latency_prompts]:
-        t = time.perf_counter()
-        llm.generate([TokensPrompt(prompt_token_ids=i)], SamplingParams(max_tokens=cfg.eval.max_new_tokens,
-                                                                          temperature=0), use_tqdm=False)
-        latencies.append(time.perf_counter() - t)
-    return generated, {"wall_s": wall, "latencies": latencies}
+    results = []
+    for prompts in prompt_sets:
+        ids = [render(tokenizer, p, cfg.generate.system_prompt, cfg.generate.think_start)[1] for p in prompts]
+        llm.generate([TokensPrompt(prompt_token_ids=ids[0])], params, use_tqdm=False)  # warm-up, not timed
+        started = time.perf_counter()
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=True)  # progress
+        wall = time.perf_counter() - started
+        generated = [[(c.text, len(c.token_ids), c.finish_reason) for c in o.outputs] for o in outputs]
+        # single-request latency: a few prompts alone, as one user of a small on-device model sees it
+        latencies = []
+        for i in ids[:cfg.eval.latency_prompts]:
+            t = time.perf_counter()
+            llm.generate([TokensPrompt(prompt_token_ids=i)], SamplingParams(max_tokens=cfg.eval.max_new_tokens,
+                                                                              temperature=0), use_tqdm=False)
+            latencies.append(time.perf_counter() - t)
+        results.append((generated, {"wall_s": wall, "latencies": latencies}))
+    return results
 
 
 def score(name: str, prompts: list[dict], generated: list[list[tuple]]) -> list[dict]:

@@ -124,7 +124,9 @@ def run(cfg: Config, node: str, prompts: int | None = None, teacher_tok_s: float
 
     counts, chars, sources["prompts"] = _prompts(cfg, prompts)
     n_prompts = sum(counts.get(s, 0) for s in gen.splits)
-    samples = n_prompts * gen.n
+    # generate.retries: at most that many samples more per train prompt, as if every first try failed
+    retried = counts.get("train", 0) * gen.retries if "train" in gen.splits else 0
+    samples = n_prompts * gen.n + retried
     tokens, prompt_tokens, sources["tokens_per_sample"], sources["prompt_tokens"] = _lengths(cfg, chars)
     output_tokens = samples * tokens
 
@@ -434,7 +436,8 @@ def _print(cfg: Config, p: dict) -> None:
     unknown = "unknown"
     rows = [
         ("prompts", f"{p['prompts']:,}", "prompts", s["prompts"]),
-        ("samples", f"{p['samples']:,}", "samples", f"prompts x generate.n ({cfg.generate.n})"),
+        ("samples", f"{p['samples']:,}", "samples", f"prompts x generate.n ({cfg.generate.n})"
+         + (f" + train prompts x generate.retries ({cfg.generate.retries}), at most" if cfg.generate.retries else "")),
         ("completion per sample", f"{p['tokens_per_sample']:,.0f}", "tokens", s["tokens_per_sample"]),
         ("prompt per sample", f"{p['prompt_tokens_per_sample']:,.0f}", "tokens", s["prompt_tokens"]),
         ("teacher output", f"{p['output_tokens']:,.0f}", "tokens", "samples x completion per sample"),

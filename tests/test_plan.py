@@ -130,3 +130,10 @@ def test_cpu_node_reads_this_machines_bench(tmp_path):
     # the pruned student: SmolLM2's embeddings plus 6 of its 30 blocks; the real pruned copy has 49,552,704
     assert result["student_params"] == pytest.approx(49_552_704, rel=1e-4)
     assert result["train_flop_s"] == plan.CPU_TRAIN_FLOP_S
+
+
+def test_retries_count_as_if_every_first_try_failed(tmp_path):
+    """generate.retries samples at most `retries` more per train prompt: the plan counts them all."""
+    result = plan.run(_config(tmp_path, generate="{preset: deepseek-r1, n: 2, retries: 3}"), "8xH200")
+    assert result["samples"] == 12 * 2 + 10 * 3
+    assert result["output_tokens"] == result["samples"] * plan.R1_TOKENS_PER_SAMPLE
