@@ -121,7 +121,9 @@ def _generation(cfg: Config, m: dict) -> str:
     rows = [{"item": k, "value": v} for k, v in {**c, "teacher top-k stored": s["top_k"],
                                                  "generation tokens/s (whole stage)":
                                                      round(c.get("completion_tokens", 0) / max(g["wall_seconds"], 1e-9), 1),
-                                                 "sampling": f"T={s['temperature']}, top-p={s['top_p']}",
+                                                 "sampling": f"T={s['temperature']}, top-p={s['top_p']}" + (
+                                                     f"; {s['retries']} retries at T={s['retry_temperature']} for a "
+                                                     "train prompt whose tries all fail" if s.get("retries") else ""),
                                                  "Parquet on disk (MB)": round(size / 1e6, 2)}.items()]
     return "<h2>Generation (teacher)</h2>" + _table(rows, ["item", "value"])
 

@@ -286,6 +286,9 @@ def test_retries_sample_more_for_the_prompts_whose_first_tries_are_wrong(tiny_te
     assert sorted(again) == sorted(want) and lost <= set(again)
     rerun = distill_cli("generate", cfg)
     assert "0 pending" in rerun.stdout and "sampled tries more" not in rerun.stdout
+    distill_cli("report", cfg)
+    html = (run_dir / "report.html").read_text()
+    assert "2 retries at T=1.0" in html and "<td class='l'>prompts_retried</td><td class=''>6</td>" in html
 
 
 def test_retry_state_owes_retries_only_to_wrong_train_prompts(tmp_path):
