@@ -57,6 +57,7 @@ def test_openai_backend_writes_the_same_tables(server, tiny_teacher_dir, tmp_pat
         generate:
           backend: openai
           n: 2
+          retries: 1
           max_new_tokens: 16
           top_k: 5
           engine: {{max_model_len: 256}}
@@ -71,7 +72,10 @@ def test_openai_backend_writes_the_same_tables(server, tiny_teacher_dir, tmp_pat
     for part in (run_dir / "generate/teacher_topk").glob("*.parquet"):
         table, order = topk.read_part(part)
         tk.update({r["sample_id"]: topk.decode(r, order) for r in table.to_pylist()})
-    assert len(gen) == 16 and set(tk) == {r["sample_id"] for r in gen}
+    # 8 prompts x 2, and for each of the 6 train prompts (the random teacher gets every one wrong) a retry
+    assert len(gen) == 16 + 6 and set(tk) == {r["sample_id"] for r in gen}
+    assert sorted(r["split"] for r in gen if r["sample_idx"] == 2) == ["train"] * 6
+    assert len({r["seed"] for r in gen}) == len(gen)
     assert (run_dir / "generate/manifest.json").is_file()
     for r in gen:
         token_ids, sampled, ids, lp = tk[r["sample_id"]]
