@@ -259,7 +259,7 @@ def test_retries_sample_more_for_the_prompts_whose_first_tries_are_wrong(tiny_te
         models: {{teacher: {tiny_teacher_dir}, student_layers: [0], dtype: float32}}
         prepare: {{arithmetic: {{n_train: 6, n_eval: 2}}}}
         generate: {{n: 1, temperature: 0.0, retries: 2, retry_temperature: 1.0, max_new_tokens: 12, top_k: 5,
-                    shard_size: 4, engine: {{max_model_len: 256, dtype: float32, enforce_eager: true}}}}
+                    shard_size: 3, engine: {{max_model_len: 256, dtype: float32, enforce_eager: true}}}}
         """)
     distill_cli("models", cfg)
     distill_cli("prepare", cfg)
@@ -277,10 +277,14 @@ def test_retries_sample_more_for_the_prompts_whose_first_tries_are_wrong(tiny_te
     counts = json.loads((run_dir / "generate/manifest.json").read_text())["counts"]
     assert counts["prompts_retried"] == 6 and counts["retries_right"] == 0 and counts["samples"] == 20
 
-    last = sorted((run_dir / "generate/generations").glob("part-*.parquet"))[-1]  # retries of two prompts
+    # parts of 3 samples cut prompts' two retries apart: the last part takes one retry of a prompt
+    # whose other stays on disk, which the rerun must not write twice
+    last = sorted((run_dir / "generate/generations").glob("part-*.parquet"))[-1]
     lost = set(pq.read_table(last, columns=["sample_id"]).column(0).to_pylist())
     last.unlink()
     (run_dir / "generate/teacher_topk" / last.name).unlink()
+    kept = set(_samples(run_dir))
+    assert any((f"{p}-1" in kept) != (f"{p}-2" in kept) for p in (p["prompt_id"] for p in prompts))
     distill_cli("generate", cfg)
     again = [r["sample_id"] for r in pq.read_table(run_dir / "generate/generations").to_pylist()]
     assert sorted(again) == sorted(want) and lost <= set(again)
