@@ -136,14 +136,16 @@ class VLLMTeacher:
         self.llm = llm
         self.engine = llm.llm_engine
 
-    def sampling_params(self, seed: int | None):
+    def sampling_params(self, seed: int | None, tries: Tries | None = None, max_tokens: int | None = None):
+        """vLLM's sampling for one request: its tries (default: generate.n at the preset's sampling)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         g = self.cfg.generate
-        return SamplingParams(n=g.n, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_new_tokens,
-                              logprobs=g.top_k, flat_logprobs=True, detokenize=False, seed=seed,
-                              output_kind=RequestOutputKind.FINAL_ONLY)
+        tries = tries or Tries(0, g.n, g.temperature, g.top_p)
+        return SamplingParams(n=tries.n, temperature=tries.temperature, top_p=tries.top_p,
+                              max_tokens=max_tokens or g.max_new_tokens, logprobs=g.top_k, flat_logprobs=True,
+                              detokenize=False, seed=seed, output_kind=RequestOutputKind.FINAL_ONLY)
 
     def generate(self, todo: Iterable[tuple[dict, str, list[int]]]) -> Iterator[tuple[dict, str, list[int], list]]:
         """Yield (prompt, text, ids, [Completion] * n) as requests finish."""
@@ -152,9 +154,7 @@ class VLLMTeacher:
         def request(prompt, ids):
             tries = tries_of(prompt, g)
             seed = request_seed(self.cfg.run.seed, prompt["prompt_id"], g, tries)
-            params = self.sampling_params(seed)
-            params.max_tokens = min(g.max_new_tokens, g.engine.max_model_len - len(ids))
-            params.n, params.temperature, params.top_p = tries.n, tries.temperature, tries.top_p
+            params = self.sampling_params(seed, tries, min(g.max_new_tokens, g.engine.max_model_len - len(ids)))
             return ids, params, seed
 
         def completions(out, ids, seed, latency):
