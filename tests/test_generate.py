@@ -279,7 +279,7 @@ def test_retries_sample_more_for_the_prompts_whose_first_tries_are_wrong(tiny_te
 
     # parts of 3 samples cut prompts' two retries apart: the last part takes one retry of a prompt
     # whose other stays on disk, which the rerun must not write twice
-    last = sorted((run_dir / "generate/generations").glob("part-*.parquet"))[-1]
+    last = max((run_dir / "generate/generations").glob("part-*.parquet"))
     lost = set(pq.read_table(last, columns=["sample_id"]).column(0).to_pylist())
     last.unlink()
     (run_dir / "generate/teacher_topk" / last.name).unlink()
