@@ -136,16 +136,14 @@ class VLLMTeacher:
         self.llm = llm
         self.engine = llm.llm_engine
 
-    def sampling_params(self, seed: int | None, tries: Tries | None = None, max_tokens: int | None = None):
-        """vLLM's sampling for one request: its tries (default: generate.n at the preset's sampling)."""
+    def sampling_params(self, seed: int | None, tries: Tries, max_tokens: int):
+        """vLLM's sampling for one request: its tries, with the top-k logprobs."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        g = self.cfg.generate
-        tries = tries or Tries(0, g.n, g.temperature, g.top_p)
-        return SamplingParams(n=tries.n, temperature=tries.temperature, top_p=tries.top_p,
-                              max_tokens=max_tokens or g.max_new_tokens, logprobs=g.top_k, flat_logprobs=True,
-                              detokenize=False, seed=seed, output_kind=RequestOutputKind.FINAL_ONLY)
+        return SamplingParams(n=tries.n, temperature=tries.temperature, top_p=tries.top_p, max_tokens=max_tokens,
+                              logprobs=self.cfg.generate.top_k, flat_logprobs=True, detokenize=False, seed=seed,
+                              output_kind=RequestOutputKind.FINAL_ONLY)
 
     def generate(self, todo: Iterable[tuple[dict, str, list[int]]]) -> Iterator[tuple[dict, str, list[int], list]]:
         """Yield (prompt, text, ids, [Completion] * n) as requests finish."""
@@ -169,11 +167,11 @@ class VLLMTeacher:
         every completion token, from one request of prompt + completion with max_tokens=1 and
         prompt_logprobs=k. Nothing is sampled."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         g = self.cfg.generate
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=g.top_k, flat_logprobs=True,
-                                detokenize=False)
-        params.output_kind = self.sampling_params(None).output_kind
+                                detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
 
         def request(prompt, ids_and_completion):
             ids, completion = ids_and_completion
