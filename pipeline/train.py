@@ -274,8 +274,21 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None, callback
 
     # Under FSDP the full weights exist only when every rank takes part in gathering them.
     state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
-    if not trainer.is_world_process_zero():
-        return {}
+    written = _save(cfg, trainer, state, tokenizer, student_dir, out, started, data_info, mode, result) \
+        if trainer.is_world_process_zero() else {}
+    # Every rank leaves together and tears its process group down: a rank that exits while rank 0
+    # still saves, with gloo's threads alive, aborts ("terminate called without an active
+    # exception") and the launcher then kills rank 0 mid-write.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return written
+
+
+def _save(cfg: Config, trainer, state, tokenizer, student_dir: Path, out: Path, started: float, data_info: dict,
+          mode: str, result) -> dict:
+    """Rank 0's part: the final model (adapters merged, the starting checkpoint's dtype) written
+    whole or not at all, and the manifest."""
+    t = cfg.train
     final = trainer.model.merge_and_unload() if t.lora_r else trainer.model
     final.forward = type(final).forward.__get__(final)  # drop the distill head before saving
     # Saved in the starting checkpoint's dtype (bf16 for the pruned student): what a device loads,
