@@ -463,7 +463,7 @@ def _train_traces(cfg: Config):
     missing = set(wanted) - found
     if missing:
         raise PipelineError(f"{gen_dir / 'teacher_topk'}: no top-k for {len(missing)} selected samples "
-                            f"(e.g. {sorted(missing)[0]})")
+                            f"(e.g. {min(missing)})")
 
 
 def _count(info: dict, completion: int, keep: int) -> None:
