@@ -2,6 +2,7 @@
 killed or failed stage never leaves a half-written file where a reader would find it."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -41,6 +42,24 @@ def atomic_path(path: str | Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def writes_under(directory: Path, then: str):
+    """Turn a failed write under `directory` into one line naming it and the space left there,
+    then `then` (what to do about it). torch's serializer reports a full disk as "unexpected pos
+    N vs M" and safetensors as its own error type: neither says where, nor is an OSError."""
+    try:
+        yield
+    except Exception as e:
+        serializer = "inline_container" in str(e) or "PytorchStreamWriter" in str(e) or \
+            type(e).__name__ == "SafetensorError"
+        if not (serializer or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+            raise
+        there = next(d for d in (directory, *directory.parents) if d.exists())
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise PipelineError(f"{directory}: writing failed with {shutil.disk_usage(there).free / 2**30:.2f} GiB "
+                            f"free there ({first}); {then}") from e
 
 
 def pid_alive(pid: int) -> bool:

@@ -40,7 +40,8 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 from pipeline import crosstok, manifest, topk
 from pipeline.config import Config, KDConfig, section_hash
 from pipeline.errors import PipelineError
-from pipeline.files import TMP_SUFFIX, atomic_path, open_parquet, read_table, replace_dir, write_json
+from pipeline.files import (TMP_SUFFIX, atomic_path, open_parquet, read_table, replace_dir, write_json,
+                            writes_under)
 from pipeline.losses import distill_loss
 from pipeline.reasoning import join_completion
 from pipeline.render import render
@@ -270,12 +271,15 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None, callback
     latest = _latest_checkpoint(out / "checkpoints") if resume else None
     if resume and latest is None:
         click.echo("train: --resume given but no checkpoint yet; starting from the student", err=True)
-    result = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
+    again = f"free space, then `distill train {cfg.file} --resume` continues from the last whole checkpoint"
+    with writes_under(out, again):
+        result = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
 
     # Under FSDP the full weights exist only when every rank takes part in gathering them.
     state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
-    written = _save(cfg, trainer, state, tokenizer, student_dir, out, started, data_info, mode, result) \
-        if trainer.is_world_process_zero() else {}
+    with writes_under(out, again):
+        written = _save(cfg, trainer, state, tokenizer, student_dir, out, started, data_info, mode, result) \
+            if trainer.is_world_process_zero() else {}
     # Every rank leaves together and tears its process group down: a rank that exits while rank 0
     # still saves, with gloo's threads alive, aborts ("terminate called without an active
     # exception") and the launcher then kills rank 0 mid-write.

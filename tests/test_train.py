@@ -1,8 +1,9 @@
 """distill train on a tiny teacher's real traces: DDP over gloo (2 CPU processes through the
 accelerate launcher) matches one process with the same global batch, resume continues at the
 saved step, and bad input (other vocabulary, missing sidecar, mismatched top-k) fails in one line
-before training."""
+before training, as does a full disk while training (on a real 2 MiB tmpfs)."""
 import json
+import re
 import shutil
 
 import pyarrow as pa
@@ -176,3 +177,50 @@ def test_accelerate_configs_load(name):
 def test_student_is_saved_in_its_checkpoints_dtype(tmp_path, config, dtype):
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert train._checkpoint_dtype(tmp_path) == dtype
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs, so root only): room for the logs, not for a checkpoint."""
+    import subprocess
+
+    d = tmp_path / "artifacts/full"
+    d.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=True)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(traced, tmp_path, small_disk):
+    """torch reports a full disk as "unexpected pos N vs M", naming no file; train names the
+    directory, the space left and how to go on."""
+    cfg, _ = _copy(traced, tmp_path)
+    r = distill_cli("train", cfg, "--set", f"train.output_dir={small_disk}", "--set", "train.save_steps=1",
+                    check=False)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {small_disk}: writing failed with 0.") and "GiB free there" in last, last
+    assert f"distill train {cfg} --resume" in last
+    assert not (small_disk / "model").exists()
+
+
+def test_writes_under_names_the_directory_of_a_failed_serializer_write(small_disk):
+    """torch.save and safetensors each report a full disk their own way, neither as an OSError;
+    every one becomes the same line. Other errors go through untouched."""
+    from safetensors.torch import save_file
+
+    from pipeline.errors import PipelineError
+    from pipeline.files import writes_under
+
+    big = {"w": torch.zeros(1_000_000)}  # 4 MB, twice the disk
+    for write in (lambda: torch.save(big, small_disk / "a.pt"), lambda: save_file(big, small_disk / "a.safetensors"),
+                  lambda: (small_disk / "a.txt").write_bytes(bytes(4_000_000))):
+        with pytest.raises(PipelineError, match=rf"^{re.escape(str(small_disk / 'ckpt'))}: writing failed with "
+                                                r"0\.00 GiB free there \(.+\); free some$"), \
+                writes_under(small_disk / "ckpt", "free some"):
+            write()
+        for f in small_disk.iterdir():
+            f.unlink()
+    with pytest.raises(ZeroDivisionError), writes_under(small_disk, "free some"):
+        1 / 0
