@@ -7,9 +7,9 @@ import re
 import shutil
 
 import pyarrow as pa
-import torch
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline import train
 from tests.conftest import ROOT, copy_traced, distill_cli
@@ -186,7 +186,7 @@ def small_disk(tmp_path):
 
     d = tmp_path / "artifacts/full"
     d.mkdir(parents=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], capture_output=True, check=False).returncode:
         pytest.skip("mounting a tmpfs needs root")
     yield d
     subprocess.run(["umount", "-l", str(d)], check=True)
@@ -222,5 +222,5 @@ def test_writes_under_names_the_directory_of_a_failed_serializer_write(small_dis
             write()
         for f in small_disk.iterdir():
             f.unlink()
-    with pytest.raises(ZeroDivisionError), writes_under(small_disk, "free some"):
-        1 / 0
+    with pytest.raises(KeyError), writes_under(small_disk, "free some"):
+        raise KeyError("not a write")
