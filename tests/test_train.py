@@ -186,7 +186,8 @@ def small_disk(tmp_path):
 
     d = tmp_path / "artifacts/full"
     d.mkdir(parents=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], capture_output=True, check=False).returncode:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], capture_output=True, check=False)
+    if mounted.returncode:
         pytest.skip("mounting a tmpfs needs root")
     yield d
     subprocess.run(["umount", "-l", str(d)], check=True)
