@@ -530,6 +530,10 @@ class TrainConfig(KDConfig):
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     lora_r: int = 0  # > 0 trains LoRA adapters of this rank (merged into the saved model)
     lora_alpha: int = 32  # LoRA scaling numerator
+    # NEFTune (transformers' TrainingArguments field): uniform noise on the input embeddings while
+    # training, scaled by alpha / sqrt(tokens x width); on a few hundred examples it keeps the
+    # student from fitting the train wordings alone. None = off.
+    neftune_noise_alpha: float | None = None
     logging_steps: int = 5  # TensorBoard / console logging interval
     save_steps: int = 200  # checkpoint interval (resume restarts from the latest)
     save_total_limit: int = 2  # checkpoints kept
@@ -555,6 +559,8 @@ class TrainConfig(KDConfig):
         _check(self.save_steps >= 1, "save_steps", ">= 1")
         _check(self.save_total_limit >= 1, "save_total_limit", ">= 1")
         _check(self.lora_alpha > 0, "lora_alpha", "> 0")
+        _check(self.neftune_noise_alpha is None or _finite(self.neftune_noise_alpha) and self.neftune_noise_alpha > 0,
+               "neftune_noise_alpha", "null (off) or a finite number > 0")
         _check(self.max_length >= 8, "max_length", ">= 8")
         _check(self.lora_r >= 0, "lora_r", ">= 0")
 

@@ -35,6 +35,7 @@ def test_defaults_and_override(tmp_path):
     ("run: {name: x\n", [], "invalid YAML"),
     ("generate: {retries: -1}\n", [], "generate.retries: >= 0"),
     ("generate: {retry_temperature: 0}\n", [], "generate.retry_temperature: a finite number > 0"),
+    ("train: {neftune_noise_alpha: 0}\n", [], "train.neftune_noise_alpha: null (off) or a finite number > 0"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, body, override, message):
     p = write_config(tmp_path / "bad.yaml", body)
