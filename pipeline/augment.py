@@ -33,9 +33,9 @@ from pipeline import clean, manifest, minhash, toolcalls
 from pipeline.config import SQL_DIR, AugmentConfig, Config
 from pipeline.errors import PipelineError
 from pipeline.files import read_table, write_table
-from pipeline.prepare import clean_text, prompt_id
 from pipeline.reasoning import join_completion
 from pipeline.render import render
+from pipeline.rows import clean_text, prompt_id
 from pipeline.schema import AUGMENT, PROMPTS
 from pipeline.vehicle import words
 

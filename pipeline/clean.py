@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from duckdb import sqltypes
 
-from pipeline import manifest, minhash, prepare, scripts, toolcalls, traces
+from pipeline import manifest, minhash, scripts, toolcalls
 from pipeline.config import CleanConfig, Config, EvalFileConfig, InputConfig
 from pipeline.errors import PipelineError, sql_error
 from pipeline.files import (
@@ -49,7 +49,7 @@ from pipeline.files import (
     pid_alive,
     sql_quote,
 )
-from pipeline.prepare import RowError
+from pipeline.rows import MISSING, RowError, lookup, read_records, to_prompt
 from pipeline.schema import CLEAN, CLEAN_REJECTS, GENERATIONS, PROMPTS, VERDICTS
 from pipeline.scoring import extract, is_correct
 
@@ -241,15 +241,15 @@ def _eval_file_texts(f: EvalFileConfig, form: str) -> list[str]:
     column = f.messages or f.prompt
     spec = InputConfig(path=f.path, prompt=f.prompt, messages=f.messages)
     texts, found = [], False
-    for line, row in traces.read_records(f):
+    for line, row in read_records(f):
         try:
             if isinstance(row, RowError):
                 raise row
-            value = traces.lookup(row, column)
-            if value is traces.MISSING:
+            value = lookup(row, column)
+            if value is MISSING:
                 continue
             found = True
-            prompt = prepare.to_prompt({column: value}, spec, form)
+            prompt = to_prompt({column: value}, spec, form)
         except RowError as e:
             raise PipelineError(f"{f.path}:{line}: {e}") from None
         if prompt is not None:

@@ -12,13 +12,7 @@ prepare/rejects.parquet.
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
-import re
 import time
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -26,14 +20,11 @@ from typing import Iterator
 import click
 
 from pipeline import arithmetic, manifest, vehicle
-from pipeline.config import SUFFIX_FORMATS, Config, InputConfig
+from pipeline.config import Config, InputConfig
 from pipeline.errors import PipelineError
-from pipeline.files import open_parquet, write_table
+from pipeline.files import write_table
+from pipeline.rows import RowError, read_rows, resolve_format, to_prompt
 from pipeline.schema import PREPARE_REJECTS, PROMPTS
-
-
-class RowError(Exception):
-    """A problem with one row; becomes a PipelineError (fail) or a rejects row (skip)."""
 
 
 def run(cfg: Config) -> dict:
@@ -113,8 +104,8 @@ def run(cfg: Config) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Readers: yield (line, row) with 1-based lines; a broken row is yielded as a RowError so that
-# skip mode can continue past it. File-level problems raise PipelineError at once.
+# An input's rows (read by pipeline/rows.py), every mapped column checked to exist and the
+# references of a reference_file joined.
 
 
 def _read(spec: InputConfig) -> Iterator[tuple[int, dict | RowError]]:
@@ -167,34 +158,6 @@ def _joined(row: dict, spec: InputConfig, references: dict[str, object]) -> dict
     return {**row, spec.reference: references[str(key)]}
 
 
-def resolve_format(path: str, fmt: str) -> str:
-    """`auto` by the file's suffix; a directory or a name that is no file is a Hugging Face dataset."""
-    if fmt != "auto":
-        return fmt
-    path = Path(path)
-    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        fmt = "hf" if path.is_dir() or not path.exists() else None
-    if fmt is None:
-        raise PipelineError(f"{path}: cannot tell the format from the suffix; set format: jsonl|parquet|csv|hf")
-    return fmt
-
-
-def read_rows(path: str, fmt: str, hf_split: str = "train") -> Iterator[tuple[int, dict | RowError]]:
-    """(line, row) of a JSONL, CSV or Parquet file or a Hugging Face dataset (`fmt` resolved), the
-    rows as they are: prepare maps columns, `distill import` dotted paths."""
-    if fmt != "hf" and not Path(path).is_file():
-        raise PipelineError(f"{path}: no such file")
-    readers = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet,
-               "hf": lambda p: _read_hf(p, hf_split)}
-    empty = True
-    for line, row in readers[fmt](str(path)):
-        empty = empty and not isinstance(row, dict)
-        yield line, row
-    if empty:
-        raise PipelineError(f"{path}: no rows")
-
-
 def _mapped(spec: InputConfig) -> list[str]:
     reference = "" if spec.reference_file else spec.reference  # that column is in the other file
     return [c for c in (spec.messages or spec.prompt, spec.system, spec.tools, reference, spec.id, spec.source,
@@ -208,224 +171,7 @@ def _require_columns(spec: InputConfig, columns, needed: list[str]) -> None:
             raise PipelineError(f"{spec.path}: missing column '{name}' (columns: {', '.join(map(str, columns))})")
 
 
-def _read_jsonl(path: str):
-    with open(path, "rb") as f:
-        for line, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")  # a BOM may open the file
-            except UnicodeDecodeError as e:
-                yield line, RowError(f"invalid UTF-8 at byte {e.start}")
-                continue
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield line, RowError(f"malformed JSON ({e.msg} at column {e.colno})")
-                continue
-            yield line, row if isinstance(row, dict) else RowError(f"expected a JSON object, got {type(row).__name__}")
-
-
-def _read_csv(path: str):
-    data = Path(path).read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise PipelineError(f"{path}:{line}: invalid UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-    last = 1
-    try:
-        for row in reader:
-            if None in row:  # more fields than the header: a stray separator or an unclosed quote
-                yield reader.line_num, RowError(f"{len(row) - 1 + len(row[None])} fields, the header has {len(row) - 1}")
-            else:
-                yield reader.line_num, row
-            last = reader.line_num
-    except csv.Error as e:
-        raise PipelineError(f"{path}:{last + 1}: malformed CSV ({e}; a quote opened here never closes?)") from None
-
-
-def _read_parquet(path: str):
-    f = open_parquet(path)
-    line = 0
-    for batch in f.iter_batches(batch_size=8192):
-        for row in batch.to_pylist():
-            line += 1
-            yield line, row
-
-
-def _read_hf(path: str, split: str):
-    import datasets
-
-    try:
-        if Path(path).is_dir():
-            ds = datasets.load_from_disk(path)
-        else:
-            ds = datasets.load_dataset(path, split=split)
-    except Exception as e:  # offline hub misses and bad directories surface as many types
-        raise PipelineError(f"{path}: cannot load Hugging Face dataset ({str(e).splitlines()[0]})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise PipelineError(f"{path}: no split '{split}' (has: {', '.join(ds)})")
-        ds = ds[split]
-    for i, row in enumerate(ds, 1):
-        yield i, row
-
-
 # ---------------------------------------------------------------------------------------------
 # One row -> one prompts row.
 
 
-def to_prompt(row: dict, spec: InputConfig, form: str) -> dict | None:
-    """Map, type-check and clean one input row; None when its prompt is empty after cleaning.
-    `distill import` passes its trace rows here too, keyed by the dotted paths of its mapping."""
-    if spec.messages:
-        messages = _messages(row.get(spec.messages), spec.messages, form)
-    else:
-        messages = [{"role": "user", "content": clean_text(_string(row, spec.prompt), form)}]
-    system = clean_text(_string(row, spec.system), form) if spec.system else clean_text(spec.system_prompt, form)
-    if system and messages and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    if not any(m["content"] for m in messages if m["role"] == "user"):
-        return None
-    tools = _tools(row.get(spec.tools), spec.tools) if spec.tools else None
-    split = spec.split
-    if spec.split_column:
-        split = _string(row, spec.split_column)
-        if split not in ("train", "eval"):
-            raise RowError(f"column '{spec.split_column}' must be train or eval, got {split!r}")
-    reference = row.get(spec.reference) if spec.reference else None
-    if isinstance(reference, (list, dict)) and spec.task == "tool":
-        reference = json.dumps(reference, ensure_ascii=False)  # BFCL's possible answers, stored as JSON text
-    if reference is not None and not isinstance(reference, (str, int, float)):
-        raise RowError(f"column '{spec.reference}' must be a string or number (a list or object only with task: "
-                       f"tool), got {type(reference).__name__}")
-    source_id = row.get(spec.id) if spec.id else None
-    if source_id is not None and not isinstance(source_id, (str, int)):
-        raise RowError(f"column '{spec.id}' must be a string or integer, got {type(source_id).__name__}")
-    difficulty = row.get(spec.difficulty) if spec.difficulty else None
-    if isinstance(difficulty, str) and difficulty.strip().lstrip("-").isdigit():
-        difficulty = int(difficulty)  # CSV cells are strings
-    if difficulty is not None and (not isinstance(difficulty, int) or isinstance(difficulty, bool)):
-        raise RowError(f"column '{spec.difficulty}' must be an integer, got {difficulty!r}")
-    for name, value in ((spec.messages or spec.prompt, json.dumps(messages, ensure_ascii=False)), (spec.tools, tools),
-                        (spec.reference, reference), (spec.completion, row.get(spec.completion) if spec.completion else None)):
-        check_unicode(name, value)
-    if reference is not None:
-        reference = _final_answer(clean_text(str(reference), form), spec)
-    return {
-        "prompt_id": prompt_id(messages, tools),
-        "messages": messages,
-        "tools": tools,
-        "reference": reference,
-        "task": spec.task,
-        "source": _string(row, spec.source) if spec.source else Path(spec.path).name,
-        "source_id": None if source_id is None else str(source_id),
-        "difficulty": difficulty,
-        "split": split,
-        "completion": (_string(row, spec.completion) or None) if spec.completion else None,
-        "language": (_string(row, spec.language) or None) if spec.language else None,
-    }
-
-
-def _final_answer(reference: str, spec: InputConfig) -> str:
-    """The reference itself, or with reference_pattern its one group: a worked solution's final answer."""
-    if not spec.reference_pattern:
-        return reference
-    m = re.search(spec.reference_pattern, reference, re.MULTILINE)
-    if m is None or not (m[1] or "").strip():
-        # the tail, where worked solutions put the answer, shows what the pattern missed
-        raise RowError(f"column '{spec.reference}' does not match reference_pattern {spec.reference_pattern!r} "
-                       f"(it ends {reference[-40:]!r})")
-    return m[1].strip()
-
-
-def prompt_id(messages: list[dict], tools: str | None) -> str:
-    canonical = json.dumps({"messages": messages, "tools": tools}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _string(row: dict, column: str) -> str:
-    value = row.get(column)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise RowError(f"column '{column}' must be a string, got {type(value).__name__} {str(value)[:40]!r}")
-    return value
-
-
-def _messages(value, column: str, form: str) -> list[dict]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RowError(f"column '{column}' is not a JSON list of messages") from None
-    if isinstance(value, list) and value and all(isinstance(turn, list) for turn in value):
-        value = [m for turn in value for m in turn]  # BFCL's `question`: a list of turns, read as one conversation
-    ok = isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
-    if not ok or not value:
-        raise RowError(f"column '{column}' must be a non-empty list of {{role, content}} strings, or of turns "
-                       "(lists of them)")
-    for m in value:
-        if m["role"] not in ROLES:
-            raise RowError(f"column '{column}': unknown role {m['role']!r} (known: {', '.join(ROLES)})")
-    return [{"role": m["role"], "content": clean_text(m["content"], form)} for m in value]
-
-
-ROLES = ("system", "user", "assistant", "tool")
-
-
-def _tools(value, column: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RowError(f"column '{column}' is not valid JSON") from None
-    if not isinstance(value, list):
-        raise RowError(f"column '{column}' must be a list of tool schemas")
-    for i, tool in enumerate(value):
-        problem = _tool_problem(tool)
-        if problem:
-            raise RowError(f"column '{column}': tool {i}: {problem}")
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def _tool_problem(tool) -> str | None:
-    """What makes a tool schema not a function definition ({name, description?, parameters}, bare
-    or inside OpenAI's {"type": "function", "function": ...}), or None."""
-    if isinstance(tool, dict) and tool.get("type") == "function" and "function" in tool:
-        tool = tool["function"]
-    if not isinstance(tool, dict):
-        return f"expected a function definition object, got {type(tool).__name__}"
-    if not isinstance(tool.get("name"), str) or not tool["name"]:
-        return "needs a string 'name'"
-    params = tool.get("parameters", {"type": "object"})
-    if not isinstance(params, dict) or params.get("type", "object") not in ("object", "dict"):  # BFCL says dict
-        return "'parameters' must be a JSON Schema object ({\"type\": \"object\", \"properties\": ...})"
-    if not isinstance(params.get("properties", {}), dict):
-        return "'parameters.properties' must be a mapping"
-    return None
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def check_unicode(column: str, value) -> None:
-    """A lone surrogate (JSON may escape one) is no text: Arrow cannot store it."""
-    if isinstance(value, str) and (m := _SURROGATE.search(value)):
-        raise RowError(f"column '{column}' holds a lone surrogate (invalid Unicode) U+{ord(m.group()):04X}")
-
-
-# Zero-width and byte-order marks are invisible yet change the prompt's hash and tokens.
-_INVISIBLE = {"\ufeff", "\u200b", "\u200c", "\u2060"}
-
-
-def clean_text(text: str, form: str = "NFC") -> str:
-    """Normalize Unicode, drop control characters (keeping newline and tab), trim whitespace."""
-    text = unicodedata.normalize(form, text.replace("\r\n", "\n"))
-    text = "".join(ch for ch in text if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _INVISIBLE))
-    return text.strip()

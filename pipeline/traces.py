@@ -6,10 +6,10 @@ loaded (artifacts/<run>/prepare/ and artifacts/<run>/generate/).
 Each file of `traces.inputs` (JSONL, a JSON array or an object holding one, Parquet, CSV, a
 Hugging Face dataset) is read and every mapped dotted path resolved in every row; a path that no
 row has is a one-line error naming the file and the path. A row's prompt goes through prepare's
-own mapping and cleaning (the same prompt_id as prepare gives it); its completions (a string, a
-list of them, a DeepSeek API {content, reasoning_content} object, separate reasoning and answer
-columns, or the final assistant turn of a chat) are cut into reasoning and answer by the
-convention each follows, and the conventions are counted:
+mapping and cleaning (pipeline/rows.py: the same prompt_id as prepare gives it); its completions
+(a string, a list of them, a DeepSeek API {content, reasoning_content} object, separate
+reasoning and answer columns, or the final assistant turn of a chat) are cut into reasoning and
+answer by the convention each follows, and the conventions are counted:
 
     think_tags         <think>reasoning</think>answer
     no_opening_tag     reasoning</think>answer (R1's template opens the reasoning in the prompt)
@@ -36,15 +36,14 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import click
 
-from pipeline import generate, manifest, models, prepare
+from pipeline import generate, manifest, models
 from pipeline.config import Config, InputConfig, TraceInputConfig
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, remove, replace_dir, write_json, write_table
-from pipeline.prepare import RowError
+from pipeline.rows import MISSING, ROLES, RowError, check_unicode, lookup, near, read_records, to_prompt
 from pipeline.reasoning import THINK_END, THINK_START, split_completion
 from pipeline.render import render
 from pipeline.schema import GENERATIONS, PREPARE_REJECTS, PROMPTS
@@ -53,7 +52,6 @@ from pipeline.schema import GENERATIONS, PREPARE_REJECTS, PROMPTS
 R1_TOKEN = re.compile("<｜[^｜<>\n]{1,40}｜>")
 R1_ASSISTANT, R1_END = "<｜Assistant｜>", "<｜end▁of▁sentence｜>"
 CONVENTIONS = ("think_tags", "no_opening_tag", "reasoning_content", "reasoning_column", "no_tags")
-MISSING = object()
 
 
 def run(cfg: Config) -> dict:
@@ -186,88 +184,12 @@ def _resolved_rows(spec: TraceInputConfig) -> list[tuple[int, dict | RowError]]:
         rows.append((line, row))
     for p in paths:
         if p not in seen:
-            raise PipelineError(f"{spec.path}: no row has '{p}'{_near(first, p)}")
+            raise PipelineError(f"{spec.path}: no row has '{p}'{near(first, p)}")
     return rows
 
 
-def read_records(spec) -> Iterator[tuple[int, dict | RowError]]:
-    """(line, row) of the file a trace input (or clean's eval set) names, as it is: a JSON document's
-    records, or what prepare reads."""
-    fmt = _format(spec)
-    return _read_json(spec) if fmt == "json" else prepare.read_rows(spec.path, fmt, spec.hf_split)
-
-
-def lookup(obj, path: str):
-    """The value at a dotted path (`model_answers.thinking_model`; a number indexes a list), or
-    MISSING. A key that itself holds the dots (a CSV header `a.b`) is taken whole first."""
-    if isinstance(obj, dict) and path in obj:
-        return obj[path]
-    for part in path.split("."):
-        if isinstance(obj, dict) and part in obj:
-            obj = obj[part]
-        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
-            obj = obj[int(part)]
-        else:
-            return MISSING
-    return obj
-
-
-def _near(row: dict | None, path: str) -> str:
-    """Where the path leaves the first row, and what is there: the misspelling shows."""
-    if row is None:
-        return ""
-    done = []
-    for part in path.split("."):
-        if not isinstance(row, dict) or part not in row:
-            break
-        row = row[part]
-        done.append(part)
-    where = f"'{'.'.join(done)}'" if done else "a row"
-    if isinstance(row, dict):
-        return f" ({where} has: {', '.join(map(str, list(row)[:20]))})"
-    return f" ({where} is {type(row).__name__})"
-
-
-def _format(spec: TraceInputConfig) -> str:
-    """`auto` takes a .json file for one JSON document when `records` is set or it opens with '['
-    (a trace dump); otherwise prepare's rule applies (a .json file of one object a line is JSONL)."""
-    path = Path(spec.path)
-    if spec.format == "auto" and path.suffix.lower() == ".json" and path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(256).lstrip(b"\xef\xbb\xbf \t\r\n")
-        if spec.records or head.startswith(b"["):
-            return "json"
-    return spec.format if spec.format == "json" else prepare.resolve_format(spec.path, spec.format)
-
-
-def _read_json(spec: TraceInputConfig):
-    """(record number, record) of a JSON array, or of the array at `records` in a JSON object."""
-    if not Path(spec.path).is_file():
-        raise PipelineError(f"{spec.path}: no such file")
-    data = Path(spec.path).read_bytes()
-    try:
-        doc = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise PipelineError(f"{spec.path}:{line}: invalid UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"{spec.path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if spec.records:
-        found = lookup(doc, spec.records)
-        if found is MISSING:
-            raise PipelineError(f"{spec.path}: no key '{spec.records}'{_near(doc, spec.records)}")
-        doc = found
-    if not isinstance(doc, list):
-        hint = "; set records: to the key holding the list" if isinstance(doc, dict) and not spec.records else ""
-        raise PipelineError(f"{spec.path}: expected a JSON array of records, got {type(doc).__name__}{hint}")
-    if not doc:
-        raise PipelineError(f"{spec.path}: no rows")
-    for i, row in enumerate(doc, 1):
-        yield i, row if isinstance(row, dict) else RowError(f"expected a JSON object, got {type(row).__name__}")
-
-
 # ---------------------------------------------------------------------------------------------
-# One row -> its prompt (through prepare), its completions, its model.
+# One row -> its prompt (pipeline.rows.to_prompt), its completions, its model.
 
 
 def _parse(row: dict, spec: TraceInputConfig, pspec: InputConfig, form: str,
@@ -284,7 +206,7 @@ def _parse(row: dict, spec: TraceInputConfig, pspec: InputConfig, form: str,
                                "unless completion or reasoning + answer is mapped")
             completions.append(_completion(turns.pop(), turns_path))
         row = {**row, turns_path: [{"role": m["role"], "content": m["content"]} for m in turns]}
-    prompt = prepare.to_prompt(row, pspec, form)
+    prompt = to_prompt(row, pspec, form)
     if spec.completion:
         value = row.get(spec.completion)
         completions += [_completion(v, spec.completion) for v in (value if isinstance(value, list) else [value])]
@@ -317,9 +239,9 @@ def _turns(value, path: str, spec: TraceInputConfig) -> list[dict]:
     turns = []
     for m in value:
         role = spec.roles.get(m[role_key], m[role_key])
-        if role not in prepare.ROLES:
+        if role not in ROLES:
             raise RowError(f"column '{path}': unknown role {m[role_key]!r}; map it with roles "
-                           f"(known: {', '.join(prepare.ROLES)})")
+                           f"(known: {', '.join(ROLES)})")
         turns.append({**m, "role": role, "content": m.get(text_key)})
     return turns
 
@@ -331,15 +253,15 @@ def _completion(value, path: str) -> dict:
         answer = value.get("content")
         if not isinstance(value["reasoning_content"], str) or not isinstance(answer, (str, type(None))):
             raise RowError(f"column '{path}': content and reasoning_content must be strings")
-        prepare.check_unicode(path, value["reasoning_content"])
-        prepare.check_unicode(path, answer)
+        check_unicode(path, value["reasoning_content"])
+        check_unicode(path, answer)
         return {"reasoning": value["reasoning_content"], "answer": answer, "kind": "reasoning_content"}
     if isinstance(value, dict) and "content" in value:
         value = value["content"]
     if not isinstance(value, str):
         raise RowError(f"column '{path}' must be a completion: a string, a list of strings or a "
                        f"{{content, reasoning_content}} object, got {type(value).__name__} {str(value)[:40]!r}")
-    prepare.check_unicode(path, value)
+    check_unicode(path, value)
     return {"text": value}
 
 
@@ -351,8 +273,8 @@ def _columns(reasoning, answer, spec: TraceInputConfig) -> list[dict]:
         if not isinstance(r, str) or not isinstance(a, (str, type(None))):
             raise RowError(f"columns '{spec.reasoning}' and '{spec.answer}' must be strings (or lists of strings "
                            f"of the same length), got {type(r).__name__} and {type(a).__name__}")
-        prepare.check_unicode(spec.reasoning, r)
-        prepare.check_unicode(spec.answer, a)
+        check_unicode(spec.reasoning, r)
+        check_unicode(spec.answer, a)
     return [{"reasoning": _unwrap(r), "answer": a, "kind": "reasoning_column"} for r, a in pairs]
 
 

@@ -301,10 +301,10 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch):
-    from pipeline import prepare
+    from pipeline import rows
 
     cfg, _ = _prepare_case(tmp_path, "ok.jsonl", _jsonl({"prompt": "a"}))
-    monkeypatch.setattr(prepare, "prompt_id", lambda *a: 1 / 0)
+    monkeypatch.setattr(rows, "prompt_id", lambda *a: 1 / 0)
     _expect_one_line(["prepare", cfg], "unexpected ZeroDivisionError", "rerun with --debug")
     r = CliRunner().invoke(main, ["--debug", "prepare", str(cfg)])
     assert isinstance(r.exception, ZeroDivisionError)  # raised through, with its traceback

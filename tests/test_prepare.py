@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline import arithmetic, config, prepare
+from pipeline import arithmetic, config, prepare, rows
 from pipeline.cli import main
 from pipeline.schema import PREPARE_REJECTS, PROMPTS
 from tests.conftest import ROOT, write_config
@@ -57,10 +57,10 @@ def test_jsonl_messages_system_tools_and_cleaning(tmp_path):
 
 
 def test_prompt_id_is_stable_and_content_addressed():
-    a = prepare.prompt_id([{"role": "user", "content": "hi"}], None)
-    assert a == prepare.prompt_id([{"role": "user", "content": "hi"}], None)
-    assert a != prepare.prompt_id([{"role": "user", "content": "hi"}], "[]")
-    assert a != prepare.prompt_id([{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}], None)
+    a = rows.prompt_id([{"role": "user", "content": "hi"}], None)
+    assert a == rows.prompt_id([{"role": "user", "content": "hi"}], None)
+    assert a != rows.prompt_id([{"role": "user", "content": "hi"}], "[]")
+    assert a != rows.prompt_id([{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}], None)
 
 
 def test_csv_parquet_and_hf_directory(tmp_path):

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline import prepare, scoring
+from pipeline import rows, scoring
 from pipeline.cli import main
 from pipeline.toolcalls import Call, parse_calls, parse_reference, score, validate_call
 from tests.conftest import write_config
@@ -290,11 +290,11 @@ BFCL_CONFIG = """
 def _write_bfcl(root, simple_answers=(BFCL_SIMPLE_ANSWER, BFCL_SIMPLE_2_ANSWER)):
     """BFCL's layout: data files of one JSON object a line, named .json, and possible_answer/ beside them."""
     (root / "possible_answer").mkdir(parents=True)
-    for name, rows in {"BFCL_v3_simple.json": [BFCL_SIMPLE, BFCL_SIMPLE_2],
+    for name, entries in {"BFCL_v3_simple.json": [BFCL_SIMPLE, BFCL_SIMPLE_2],
                        "BFCL_v3_multiple.json": [BFCL_MULTIPLE, BFCL_MULTIPLE_2],
                        "possible_answer/BFCL_v3_simple.json": simple_answers,
                        "possible_answer/BFCL_v3_multiple.json": [BFCL_MULTIPLE_2_ANSWER, BFCL_MULTIPLE_ANSWER]}.items():
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in entries))
     return write_config(root / "bfcl.yaml", BFCL_CONFIG.format(artifacts=root / "artifacts"))
 
 
@@ -327,10 +327,10 @@ def test_bfcl_files_through_prepare_then_scored(tmp_path, entry, answer, right, 
 def test_bfcl_turns_are_one_conversation_and_a_missing_answer_is_named(tmp_path):
     turns = [[{"role": "user", "content": "Book a table."}],
              [{"role": "user", "content": "For two, at 8."}]]
-    assert prepare._messages(turns, "question", "NFC") == [
+    assert rows._messages(turns, "question", "NFC") == [
         {"role": "user", "content": "Book a table."}, {"role": "user", "content": "For two, at 8."}]
-    with pytest.raises(prepare.RowError, match="column 'question' must be a non-empty list .* or of turns"):
-        prepare._messages([turns[0], {"role": "user", "content": "x"}], "question", "NFC")
+    with pytest.raises(rows.RowError, match="column 'question' must be a non-empty list .* or of turns"):
+        rows._messages([turns[0], {"role": "user", "content": "x"}], "question", "NFC")
     # simple_13's answer missing: with --on-error skip its question is a rejects row naming the id
     cfg = _write_bfcl(tmp_path, simple_answers=[BFCL_SIMPLE_ANSWER])
     result = CliRunner().invoke(main, ["prepare", str(cfg), "--on-error", "skip"])
