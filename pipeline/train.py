@@ -108,7 +108,8 @@ DISTILL_KEYS = ("topk_ids", "topk_logprobs", "groups", "chunk_logprobs")
 def _add_distill_head(model) -> None:
     """model(input_ids=, attention_mask=, labels=, distill={...}) runs the backbone and the chunked
     KD loss instead of the LM head; distill["shared_prefix"] runs the rows' common prefix once.
-    Patched on the model itself, so DDP, FSDP and PEFT wrappers call it like any forward (their hooks unshard the root's parameters, the head's included, around it)."""
+    Patched on the model itself, so DDP, FSDP and PEFT wrappers call it like any forward (their
+    hooks unshard the root's parameters, the head's included, around it)."""
     original = model.forward
 
     @functools.wraps(type(model).forward)
