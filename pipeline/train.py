@@ -157,14 +157,12 @@ def _backbone(base_model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     backward sums each row's gradient through the one copy, as it would through B copies."""
     if start == 0:
         return base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    # Embedded whole, [B, T], as without sharing: a hook on the embeddings then sees whole rows.
-    # NEFTune's noise is scaled by the length it sees, so the rows' tokens get the same noise as
-    # unshared; the prefix's is row 0's, drawn once for the micro-batch like its cache.
-    embeds = base_model.get_input_embeddings()(input_ids)
-    cache = base_model(inputs_embeds=embeds[:1, :start], use_cache=True).past_key_values
+    # Two forwards, so a hook on the embeddings sees the prefix [1, start] and the rows' own tokens
+    # [B, T - start] apart: NEFTune scales each one's noise by its own length (train.neftune_noise_alpha).
+    cache = base_model(input_ids=input_ids[:1, :start], use_cache=True).past_key_values
     cache.batch_repeat_interleave(input_ids.shape[0])
     positions = torch.arange(start, input_ids.shape[1], device=input_ids.device)
-    return base_model(inputs_embeds=embeds[:, start:], attention_mask=attention_mask, past_key_values=cache,
+    return base_model(input_ids=input_ids[:, start:], attention_mask=attention_mask, past_key_values=cache,
                       use_cache=True, cache_position=positions,
                       position_ids=positions.expand(input_ids.shape[0], -1)).last_hidden_state
 

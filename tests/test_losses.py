@@ -274,8 +274,7 @@ def test_two_steps_change_every_parameter_and_lower_kd(tiny_tokenizer_dir, tmp_p
 
 def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_tokenizer_dir, tmp_path):
     """A batch whose rows start with the same 7 tokens (a tool list): the prefix run once and its
-    cache shared must match every row running it, in the loss and in every parameter's gradient,
-    and the embeddings are taken of whole rows either way."""
+    cache shared must match every row running it, in the loss and in every parameter's gradient."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tiny_tokenizer_dir, tmp_path / "m"))
@@ -296,14 +295,15 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_tokenizer_dir, tmp
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    seen = []  # what a hook on the embeddings (NEFTune's) is given: whole rows either way
+    seen = []  # what a hook on the embeddings (NEFTune's) is given: the prefix, then the rows' own tokens
     hook = model.get_input_embeddings().register_forward_hook(lambda m, i, out: seen.append(tuple(out.shape)))
     (loss, grads), (ref, ref_grads) = loss_and_grads(True), loss_and_grads(False)
     hook.remove()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
-    assert seen == [(*batch["input_ids"].shape, model.config.hidden_size)] * 2
+    (b, t), width = batch["input_ids"].shape, model.config.hidden_size
+    assert seen == [(1, 7, width), (b, t - 7, width), (b, t, width)]
 
 
 def test_shared_prefix_stops_before_the_first_label_and_at_the_first_difference():
