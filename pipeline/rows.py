@@ -276,12 +276,19 @@ def _string(row: dict, column: str) -> str:
     return value
 
 
+def json_cell(value, problem: str):
+    """A cell that may hold JSON as text (CSV, Parquet strings) as its value; any other value as
+    it is. Text that is not JSON is RowError(problem)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise RowError(problem) from None
+
+
 def _messages(value, column: str, form: str) -> list[dict]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RowError(f"column '{column}' is not a JSON list of messages") from None
+    value = json_cell(value, f"column '{column}' is not a JSON list of messages")
     if isinstance(value, list) and value and all(isinstance(turn, list) for turn in value):
         value = [m for turn in value for m in turn]  # BFCL's `question`: a list of turns, read as one conversation
     ok = isinstance(value, list) and all(
@@ -301,11 +308,7 @@ ROLES = ("system", "user", "assistant", "tool")
 def _tools(value, column: str) -> str | None:
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RowError(f"column '{column}' is not valid JSON") from None
+    value = json_cell(value, f"column '{column}' is not valid JSON")
     if not isinstance(value, list):
         raise RowError(f"column '{column}' must be a list of tool schemas")
     for i, tool in enumerate(value):

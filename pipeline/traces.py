@@ -43,7 +43,8 @@ from pipeline import generate, manifest, models
 from pipeline.config import Config, InputConfig, TraceInputConfig
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, remove, replace_dir, write_json, write_table
-from pipeline.rows import MISSING, ROLES, RowError, check_unicode, lookup, near, read_records, to_prompt
+from pipeline.rows import (MISSING, ROLES, RowError, check_unicode, json_cell, lookup, near, read_records,
+                           to_prompt)
 from pipeline.reasoning import THINK_END, THINK_START, split_completion
 from pipeline.render import render
 from pipeline.schema import GENERATIONS, PREPARE_REJECTS, PROMPTS
@@ -228,11 +229,7 @@ def _prompt_spec(spec: TraceInputConfig) -> InputConfig:
 
 def _turns(value, path: str, spec: TraceInputConfig) -> list[dict]:
     """OpenAI {role, content} or ShareGPT {from, value} turns, roles renamed through `roles`."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RowError(f"column '{path}' is not a JSON list of turns") from None
+    value = json_cell(value, f"column '{path}' is not a JSON list of turns")
     role_key, text_key = ("from", "value") if spec.conversations else ("role", "content")
     if not isinstance(value, list) or not all(isinstance(m, dict) and role_key in m for m in value):
         raise RowError(f"column '{path}' must be a list of {{{role_key}, {text_key}}} turns")
