@@ -29,7 +29,7 @@ import click
 import duckdb
 import pyarrow as pa
 
-from pipeline import clean, manifest, minhash, toolcalls
+from pipeline import manifest, minhash, rules, toolcalls
 from pipeline.config import SQL_DIR, AugmentConfig, Config
 from pipeline.errors import PipelineError
 from pipeline.files import read_table, write_table
@@ -118,8 +118,7 @@ def rewrite(cfg: Config, model_path: str, requests, total: int) -> Iterator[tupl
     request longer than max_model_len gets ("", "", "too_long")."""
     from transformers import AutoTokenizer
 
-    from pipeline.engine import teacher_engine
-    from pipeline.generate import progress, sample_rows
+    from pipeline.engine import progress, sample_rows, teacher_engine
 
     rcfg = rewriter_config(cfg)
     gen = rcfg.generate
@@ -326,10 +325,10 @@ def contaminated(cfg: Config, source: Path, prompts: list[dict], variants: list[
     try:
         for name in ("decontam_ngram", "decontam_max_prompt_share"):
             con.execute(f"SET VARIABLE {name} = ?", [getattr(cfg.clean, name)])
-        clean.load_eval_texts(con, source, cfg.clean.decontam_files, cfg.prepare.unicode_form)
+        rules.load_eval_texts(con, source, cfg.clean.decontam_files, cfg.prepare.unicode_form)
         con.register("candidates", pa.Table.from_pylist(rows, schema=CANDIDATES))
-        path, sql = clean.rule_sql(SQL_DIR, "contaminated")
-        clean.define_view(con, "contaminated", path, sql)
+        path, sql = rules.rule_sql(SQL_DIR, "contaminated")
+        rules.define_view(con, "contaminated", path, sql)
         dropped = {r[0] for r in con.execute('SELECT sample_id FROM "contaminated"').fetchall()}
     finally:
         con.close()

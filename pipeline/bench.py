@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pipeline import arithmetic, generate, models, topk
+from pipeline import arithmetic, engine, generate, models, topk
 from pipeline.config import Config
 from pipeline.files import write_json
 from pipeline.render import render
@@ -56,7 +56,7 @@ def bench_generate(cfg: Config, n_prompts: int, max_new_tokens: int) -> dict:
         t = time.perf_counter()
         for prompt, text, ids, completions in teacher_engine.generate(rendered):
             for i, c in enumerate(completions):
-                gen_row, topk_row = generate.sample_rows(prompt, text, ids, i, c, tokenizer, think_end_ids, str(teacher))
+                gen_row, topk_row = engine.sample_rows(prompt, text, ids, i, c, tokenizer, think_end_ids, str(teacher))
                 writer.add(gen_row, topk_row)
                 tokens += len(c.token_ids)
                 raw[gen_row["sample_id"]] = c

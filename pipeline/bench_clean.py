@@ -35,6 +35,7 @@ from pipeline import clean
 from pipeline.config import RULES as CLEAN_RULES
 from pipeline.config import CleanConfig, Config
 from pipeline.files import sql_quote
+from pipeline.rules import load_eval_texts
 
 WORDS = ("the a of to and we so then is are add take left right total number count each more less sum first next "
          "apples boxes pens coins cards marbles books step check answer result value times plus minus equals "
@@ -125,7 +126,7 @@ def _duckdb_clean(cfg: Config, gens: Path, prompts: Path, rules: list[str], scra
         clean.set_variables(con, cfg, teacher_reasons=True)
         t = time.perf_counter()
         n = clean.load_samples(con, [gens], prompts)
-        clean.load_eval_texts(con, prompts, [])
+        load_eval_texts(con, prompts, [])
         timings["load"] = time.perf_counter() - t
         t = time.perf_counter()
         clean.verify(con)

@@ -6,6 +6,8 @@ VLLMTeacher drives vLLM's offline engine step by step, keeping at most `max_in_f
 inside it, so memory does not grow with the number of prompts. It asks for vLLM's fast logprobs
 path (`flat_logprobs=True`, `detokenize=False`): flat arrays instead of one dict per token, and no
 detokenizing of every candidate; the sampled ids are decoded once per sequence by the caller.
+`sample_rows` turns a finished completion into its generations and teacher_topk rows, the same
+for generate, augment and `distill bench generate`.
 """
 from __future__ import annotations
 
@@ -458,3 +460,55 @@ class OpenAIChatTeacher(ServedTeacher):
                 "answer_tokens": answer_tokens,
                 "completion_tokens": usage.get("completion_tokens")
                 or reasoning_tokens + (self.end_tokens if split else 0) + answer_tokens}
+
+
+# ---------------------------------------------------------------------------------------------
+# One finished completion -> one generations row and one teacher_topk row (generate, augment, bench).
+
+
+def sample_rows(prompt: dict, text: str, ids: list[int], idx: int, c, tokenizer, think_end_ids: list[int],
+                model: str) -> tuple[dict, dict | None]:
+    """`c` has token_ids, token_logprobs [P], topk_ids [P, k], topk_logprobs [P, k], finish_reason,
+    seed and latency_s (see engine.Completion), or is an engine.TextCompletion: its columns as they
+    are and no teacher_topk row."""
+    gen_row = {
+        "sample_id": f"{prompt['prompt_id']}-{idx}", "prompt_id": prompt["prompt_id"], "sample_idx": idx,
+        "split": prompt["split"], "prompt_text": text, "prompt_token_ids": ids, "prompt_tokens": len(ids),
+        "finish_reason": c.finish_reason, "model": model, "seed": c.seed, "latency_s": c.latency_s,
+    }
+    if isinstance(c, TextCompletion):
+        return {**gen_row, **c.columns}, None
+    tokens = np.asarray(c.token_ids, dtype=np.int32)
+    reasoning_ids, answer_ids, end_index, end_count = split_reasoning(tokens, think_end_ids)
+    closed = end_index is not None or not think_end_ids
+    gen_row.update({
+        "reasoning": tokenizer.decode(reasoning_ids, skip_special_tokens=True),
+        "answer": tokenizer.decode(answer_ids, skip_special_tokens=True) if closed else "",
+        "reasoning_closed": closed, "think_end_count": end_count, "think_end_index": end_index,
+        "completion_tokens": len(tokens), "reasoning_tokens": len(reasoning_ids),
+        "answer_tokens": len(answer_ids) if closed else 0,
+    })
+    topk_row = {"sample_id": gen_row["sample_id"], "token_ids": tokens, "token_logprobs": c.token_logprobs,
+                "topk_ids": c.topk_ids, "topk_logprobs": c.topk_logprobs}  # encoded per shard by topk.write_part
+    return gen_row, topk_row
+
+
+def split_reasoning(tokens: np.ndarray, think_end_ids: list[int]):
+    """Split on token ids: (reasoning ids, answer ids, index of the first think-end, how many).
+    A teacher without a think-end token has no reasoning: everything is the answer."""
+    if not think_end_ids:
+        return tokens[:0], tokens, None, 0
+    m = len(think_end_ids)
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, m) if len(tokens) >= m else np.empty((0, m))
+    hits = np.flatnonzero((windows == np.asarray(think_end_ids)).all(axis=1))
+    if len(hits) == 0:
+        return tokens, tokens[:0], None, 0
+    first = int(hits[0])
+    return tokens[:first], tokens[first + m:], first, len(hits)
+
+
+def progress(total: int, initial: int, desc: str, unit: str):
+    """The progress bar of a pass over the teacher (items, rate, ETA)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True, mininterval=1.0)

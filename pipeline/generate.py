@@ -31,14 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from pipeline import manifest, topk
 from pipeline.config import Config, section_hash
-from pipeline.engine import TextCompletion, tries_of
+from pipeline.engine import TextCompletion, progress, sample_rows, tries_of
 from pipeline.errors import PipelineError
 from pipeline.files import (
     TMP_SUFFIX,
@@ -298,51 +297,6 @@ def prompt_seed(run_seed: int, prompt_id: str, n: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# One finished completion -> one generations row and one teacher_topk row.
-
-
-def sample_rows(prompt: dict, text: str, ids: list[int], idx: int, c, tokenizer, think_end_ids: list[int],
-                model: str) -> tuple[dict, dict | None]:
-    """`c` has token_ids, token_logprobs [P], topk_ids [P, k], topk_logprobs [P, k], finish_reason,
-    seed and latency_s (see engine.Completion), or is an engine.TextCompletion: its columns as they
-    are and no teacher_topk row."""
-    gen_row = {
-        "sample_id": f"{prompt['prompt_id']}-{idx}", "prompt_id": prompt["prompt_id"], "sample_idx": idx,
-        "split": prompt["split"], "prompt_text": text, "prompt_token_ids": ids, "prompt_tokens": len(ids),
-        "finish_reason": c.finish_reason, "model": model, "seed": c.seed, "latency_s": c.latency_s,
-    }
-    if isinstance(c, TextCompletion):
-        return {**gen_row, **c.columns}, None
-    tokens = np.asarray(c.token_ids, dtype=np.int32)
-    reasoning_ids, answer_ids, end_index, end_count = split_reasoning(tokens, think_end_ids)
-    closed = end_index is not None or not think_end_ids
-    gen_row.update({
-        "reasoning": tokenizer.decode(reasoning_ids, skip_special_tokens=True),
-        "answer": tokenizer.decode(answer_ids, skip_special_tokens=True) if closed else "",
-        "reasoning_closed": closed, "think_end_count": end_count, "think_end_index": end_index,
-        "completion_tokens": len(tokens), "reasoning_tokens": len(reasoning_ids),
-        "answer_tokens": len(answer_ids) if closed else 0,
-    })
-    topk_row = {"sample_id": gen_row["sample_id"], "token_ids": tokens, "token_logprobs": c.token_logprobs,
-                "topk_ids": c.topk_ids, "topk_logprobs": c.topk_logprobs}  # encoded per shard by topk.write_part
-    return gen_row, topk_row
-
-
-def split_reasoning(tokens: np.ndarray, think_end_ids: list[int]):
-    """Split on token ids: (reasoning ids, answer ids, index of the first think-end, how many).
-    A teacher without a think-end token has no reasoning: everything is the answer."""
-    if not think_end_ids:
-        return tokens[:0], tokens, None, 0
-    m = len(think_end_ids)
-    windows = np.lib.stride_tricks.sliding_window_view(tokens, m) if len(tokens) >= m else np.empty((0, m))
-    hits = np.flatnonzero((windows == np.asarray(think_end_ids)).all(axis=1))
-    if len(hits) == 0:
-        return tokens, tokens[:0], None, 0
-    first = int(hits[0])
-    return tokens[:first], tokens[first + m:], first, len(hits)
-
-
-# ---------------------------------------------------------------------------------------------
 # Shards on disk.
 
 
@@ -406,12 +360,6 @@ def done_samples(out: Path) -> set[str]:
     return done
 
 
-def progress(total: int, initial: int, desc: str, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True, mininterval=1.0)
-
-
 def _finish_if_complete(cfg: Config, started: float, settings: dict, stats: dict) -> dict | None:
     """Write the stage manifest once every shard's samples are on disk (any process may be last)."""
     gen = cfg.generate
@@ -455,11 +403,6 @@ IMPORTED_COLUMNS = ["sample_id", "prompt_id", "sample_idx", "reasoning", "answer
                     "think_end_count", "finish_reason", "model"]
 
 
-def staging_dir(run_dir: Path) -> Path:
-    """Where an imported run's scored generate/ is built, resumably, before it replaces the imported one whole."""
-    return run_dir / f".generate.scored{TMP_SUFFIX}"
-
-
 def score_imported(cfg: Config, shard: tuple[int, int], imported: dict) -> dict | None:
     """Every imported sample (every split, every sample_idx) rebuilt as the teacher writes it, its
     prompt rendered again by the teacher's template and all of it tokenized by the teacher's
@@ -468,7 +411,7 @@ def score_imported(cfg: Config, shard: tuple[int, int], imported: dict) -> dict 
     in it, so a kill at any moment leaves the imported run as it was or the scored one whole."""
     started = time.time()
     gen = cfg.generate
-    out, staging = cfg.run_dir / "generate", staging_dir(cfg.run_dir)
+    out, staging = cfg.run_dir / "generate", manifest.staging_dir(cfg.run_dir)
     if gen.backend != "vllm":
         raise PipelineError(f"{cfg.file}: --score on imported traces needs generate.backend: vllm (prompt logprobs), "
                             f"not {gen.backend}")
@@ -539,7 +482,7 @@ def scored_settings(cfg: Config, teacher: dict, source: dict) -> dict:
 
 def _imported_settings(cfg: Config) -> dict | None:
     """generate/settings.json when `distill import` wrote the run (scored since, or not), else None."""
-    out, staging = cfg.run_dir / "generate", staging_dir(cfg.run_dir)
+    out, staging = cfg.run_dir / "generate", manifest.staging_dir(cfg.run_dir)
     # a kill between replace_dir's two renames leaves generate/ moved aside and the finished
     # staging directory (its manifest is written last) beside it: put that in place
     aside = out.with_name(f".{out.name}.old{TMP_SUFFIX}")
@@ -583,7 +526,7 @@ def _swap_if_complete(cfg: Config, started: float, settings: dict, stats: dict,
     """Once every imported sample is scored or skipped (any shard's process may be last): the
     skipped samples' imported rows kept in unscored/, the manifest written, and the staging
     directory put in place of generate/ whole."""
-    out, staging = cfg.run_dir / "generate", staging_dir(cfg.run_dir)
+    out, staging = cfg.run_dir / "generate", manifest.staging_dir(cfg.run_dir)
     with _run_lock(cfg.run_dir):
         if not (staging / "settings.json").is_file():  # another shard's process swapped it in
             return manifest.read(cfg, "generate")

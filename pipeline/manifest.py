@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.config import Config, section_hash
 from pipeline.errors import PipelineError
-from pipeline.files import write_json
+from pipeline.files import TMP_SUFFIX, write_json
 from pipeline.schema import TABLES
 
 # What each stage reads: its config sections (or single fields, `clean.decontam_ngram`) and the
@@ -53,6 +53,12 @@ def prompts_path(cfg: Config) -> Path:
     """The prompts table that generate and every stage after it read: augment's (prepare's prompts
     and the variants that passed its checks) when augment is on, else prepare's."""
     return stage_dir(cfg, "augment" if cfg.augment.n > 0 else "prepare") / "prompts.parquet"
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where `distill generate --score` builds an imported run's scored generate/, resumably, before
+    it replaces the imported one whole (import clears it)."""
+    return run_dir / f".generate.scored{TMP_SUFFIX}"
 
 
 def inputs(cfg: Config, stage: str) -> tuple[str, ...]:

@@ -39,14 +39,14 @@ from pathlib import Path
 
 import click
 
-from pipeline import generate, manifest, models
+from pipeline import manifest, models
 from pipeline.config import Config, InputConfig, TraceInputConfig
 from pipeline.errors import PipelineError
 from pipeline.files import TMP_SUFFIX, remove, replace_dir, write_json, write_table
-from pipeline.rows import (MISSING, ROLES, RowError, check_unicode, json_cell, lookup, near, read_records,
-                           to_prompt)
 from pipeline.reasoning import THINK_END, THINK_START, split_completion
 from pipeline.render import render
+from pipeline.rows import (MISSING, ROLES, RowError, check_unicode, json_cell, lookup, near, read_records,
+                           to_prompt)
 from pipeline.schema import GENERATIONS, PREPARE_REJECTS, PROMPTS
 
 # DeepSeek-R1's special tokens, spelt with U+FF5C fullwidth bars and U+2581 in their names.
@@ -125,7 +125,7 @@ def run(cfg: Config) -> dict:
 
     # a scored import's top-k, and the scoring of an earlier import (finished or not), belong to
     # other traces: gone before the new ones are in place, so no top-k is ever paired with them
-    for stale in (generate.staging_dir(cfg.run_dir), out / "teacher_topk", out / "unscored", *out.glob("skipped-*")):
+    for stale in (manifest.staging_dir(cfg.run_dir), out / "teacher_topk", out / "unscored", *out.glob("skipped-*")):
         remove(stale)
     written = _write_generations(samples(), out, cfg.generate.shard_size, tokenizer)
     prompt_rows = list(prompts.values())

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import clean, manifest
+from pipeline import clean, manifest, rules
 from pipeline import config as config_mod
 from pipeline.schema import GENERATIONS, PROMPTS
 from tests.conftest import ROOT, distill_cli, write_config
@@ -384,8 +384,8 @@ def test_decontamination_matches_a_naive_reference(n):
                 [list(train), list(train.values())])
     con.execute("SET VARIABLE decontam_ngram = ?", [n])
     con.execute("SET VARIABLE decontam_max_prompt_share = ?", [share])
-    path, sql = clean.rule_sql(ROOT / "sql", "contaminated")
-    clean.define_view(con, "contaminated", path, sql)
+    path, sql = rules.rule_sql(ROOT / "sql", "contaminated")
+    rules.define_view(con, "contaminated", path, sql)
     dropped = {sid.removesuffix("-0") for (sid,) in con.execute("SELECT sample_id FROM contaminated").fetchall()}
     assert dropped == expected
     assert 0 < len(expected) < len(train) or n <= 2  # the case is not trivial

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline import generate, topk
+from pipeline import engine, generate, topk
 from pipeline.cli import main
 from pipeline.schema import GENERATIONS, TEACHER_TOPK
 from tests.conftest import distill_cli, write_config
@@ -139,13 +139,13 @@ def test_dry_run_prints_plan_without_a_model():
 
 def test_split_reasoning_on_token_ids():
     toks = np.array([5, 6, 99, 7, 8, 2])
-    r, a, idx, count = generate.split_reasoning(toks, [99])
+    r, a, idx, count = engine.split_reasoning(toks, [99])
     assert r.tolist() == [5, 6] and a.tolist() == [7, 8, 2] and idx == 2 and count == 1
-    r, a, idx, count = generate.split_reasoning(np.array([5, 3, 4, 6, 3, 4]), [3, 4])  # multi-token marker, twice
+    r, a, idx, count = engine.split_reasoning(np.array([5, 3, 4, 6, 3, 4]), [3, 4])  # multi-token marker, twice
     assert r.tolist() == [5] and idx == 1 and count == 2
-    r, a, idx, count = generate.split_reasoning(toks, [42])
+    r, a, idx, count = engine.split_reasoning(toks, [42])
     assert r.tolist() == toks.tolist() and a.size == 0 and idx is None
-    r, a, idx, count = generate.split_reasoning(toks, [])
+    r, a, idx, count = engine.split_reasoning(toks, [])
     assert r.size == 0 and a.tolist() == toks.tolist()
 
 
