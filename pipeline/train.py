@@ -274,13 +274,11 @@ def run(cfg: Config, resume: bool = False, student: Path | None = None, callback
     latest = _latest_checkpoint(out / "checkpoints") if resume else None
     if resume and latest is None:
         click.echo("train: --resume given but no checkpoint yet; starting from the student", err=True)
-    again = f"free space, then `distill train {cfg.file} --resume` continues from the last whole checkpoint"
-    with writes_under(out, again):
+    with writes_under(out, f"free space, then `distill train {cfg.file} --resume` continues from the last whole "
+                           "checkpoint"):
         result = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
-
-    # Under FSDP the full weights exist only when every rank takes part in gathering them.
-    state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
-    with writes_under(out, again):
+        # Under FSDP the full weights exist only when every rank takes part in gathering them.
+        state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
         written = _save(cfg, trainer, state, tokenizer, student_dir, out, started, data_info, mode, result) \
             if trainer.is_world_process_zero() else {}
     # Every rank leaves together and tears its process group down: a rank that exits while rank 0
