@@ -291,9 +291,9 @@ def _write_bfcl(root, simple_answers=(BFCL_SIMPLE_ANSWER, BFCL_SIMPLE_2_ANSWER))
     """BFCL's layout: data files of one JSON object a line, named .json, and possible_answer/ beside them."""
     (root / "possible_answer").mkdir(parents=True)
     for name, entries in {"BFCL_v3_simple.json": [BFCL_SIMPLE, BFCL_SIMPLE_2],
-                       "BFCL_v3_multiple.json": [BFCL_MULTIPLE, BFCL_MULTIPLE_2],
-                       "possible_answer/BFCL_v3_simple.json": simple_answers,
-                       "possible_answer/BFCL_v3_multiple.json": [BFCL_MULTIPLE_2_ANSWER, BFCL_MULTIPLE_ANSWER]}.items():
+                          "BFCL_v3_multiple.json": [BFCL_MULTIPLE, BFCL_MULTIPLE_2],
+                          "possible_answer/BFCL_v3_simple.json": simple_answers,
+                          "possible_answer/BFCL_v3_multiple.json": [BFCL_MULTIPLE_2_ANSWER, BFCL_MULTIPLE_ANSWER]}.items():
         (root / name).write_text("".join(json.dumps(r) + "\n" for r in entries))
     return write_config(root / "bfcl.yaml", BFCL_CONFIG.format(artifacts=root / "artifacts"))
 

@@ -225,3 +225,12 @@ def test_writes_under_names_the_directory_of_a_failed_serializer_write(small_dis
             f.unlink()
     with pytest.raises(KeyError), writes_under(small_disk, "free some"):
         raise KeyError("not a write")
+
+
+def test_neftune_alpha_goes_to_the_trainer_under_its_own_name(tmp_path):
+    from pipeline import config
+
+    quickstart = ROOT / "configs/quickstart.yaml"
+    assert train.trainer_args(config.load(quickstart), tmp_path).neftune_noise_alpha == 5
+    assert train.trainer_args(config.load(quickstart, ["train.neftune_noise_alpha=null"]),
+                              tmp_path).neftune_noise_alpha is None
